@@ -1,0 +1,7 @@
+"""Shared fixtures live in tests/fixtures/, one module per real peer."""
+
+pytest_plugins = [
+    "tests.fixtures.broker",
+    "tests.fixtures.board",
+    "tests.fixtures.cloud",
+]

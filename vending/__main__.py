@@ -1,0 +1,3 @@
+from vending.cli import main
+
+raise SystemExit(main())

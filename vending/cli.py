@@ -1,0 +1,50 @@
+"""`vending` command line: one subcommand per module, imported only when used.
+
+Each subcommand module exposes `add_arguments(parser)` and `run(args) -> int`.
+Exit codes follow the technician CLI: 0 ok, 2 usage, 3 link down or timeout, 4 board ERR,
+1 anything else that failed.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "run": ("vending.daemon", "run the controller in the foreground (what systemd starts)"),
+    "check-config": ("vending.check_config", "validate a machine config and report every problem"),
+    "board": ("vending.board_cli", "technician tools for the dispensing board over VLP/1"),
+    "demo": ("vending.demo", "a whole vending machine on embedded defaults"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on usage errors already; keep its message to one plain sentence."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="vending", description="QR-payment vending controller")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._module.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
