@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.broker",
     "tests.fixtures.board",
     "tests.fixtures.cloud",
+    "tests.browser",
 ]
