@@ -1,0 +1,648 @@
+"""The sale state machine: one customer session at a time, plus the dispenses it owes.
+
+    IDLE --key--> ORDERING --order--> AWAITING --payment--> DISPENSING --result--> REPORTING --> IDLE
+                     |                   |--cancel/timeout--> CANCELLING --cancelled--> IDLE
+                     |                                             `--paid--> AWAITING (paid elsewhere)
+                     `--cancel / board offline / door open--> IDLE
+
+Customer-facing transitions are in `SESSION_TABLE`; money (payments, vends, commands) is handled
+whatever the phase, because a payment never waits for a screen. `handle(event, now)` returns the
+actions for the shell, in the order they must happen.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from vending import messages as msg
+from vending.core import actions as A
+from vending.core import events as E
+from vending.core import payments, screens
+from vending.core.catalog import Catalog, Promo
+from vending.core.vends import PENDING, RUNNING, SENT, Vend, after_unknown, refund_due
+from vending.display.view import Screen
+
+
+class Phase(enum.Enum):
+    IDLE = "idle"
+    ORDERING = "ordering"
+    AWAITING = "awaiting_payment"
+    CANCELLING = "cancelling"
+    DISPENSING = "dispensing"
+    REPORTING = "reporting"
+
+
+LIVE = (Phase.ORDERING, Phase.AWAITING, Phase.CANCELLING)
+
+
+@dataclass(frozen=True)
+class Settings:
+    machine_id: str
+    currency: str
+    planogram: dict
+    session_timeout: float = 120
+    late_payment_grace: float = 60
+    refund_uncertain: bool = True
+    slot_failure_limit: int = 3
+    telemetry_interval: float = 60
+    offline_qr: bool = True
+    follow_qr_url: str | None = None
+    started: float = 0.0
+    report_seconds: float = 6       # thank-you / refund screen
+    ordering_limit: float = 30      # bounded by the orders client; a guard if an answer never comes
+    cancel_wait: float = 10         # how long the CANCELLING screen waits for the cloud's answer
+    vstat_interval: float = 5       # belt and braces behind the board's `kind=vend` event
+    reconcile_interval: float = 5   # GET the live order this often while MQTT is down
+    retry_refused: float = 1        # a VEND refused as busy / door_open / fault is tried again
+
+
+@dataclass
+class Session:
+    session_id: str
+    slot: int
+    product_id: str
+    amount: int
+    currency: str
+    deadline: float
+    order_id: str | None = None
+    qr_url: str | None = None
+    expires_at: int | None = None
+    offline: bool = False
+    paid_elsewhere: bool = False    # the cloud said "paid" to our cancel: the payment is coming
+    last_fetch: float = 0.0
+
+
+@dataclass
+class Report:
+    result: str
+    amount: int
+    currency: str
+    slot: int
+    refunded: bool
+    follow: bool
+    until: float
+
+
+@dataclass
+class Board:
+    online: bool = False
+    boot: int | None = None
+    door_open: bool = False
+    temp: int | None = None
+    fault: str | None = None
+    alerted_down: bool = False
+
+
+class Machine:
+    def __init__(self, settings: Settings, id_prefix: str, now: float):
+        self.s = settings
+        self.catalog = Catalog(dict(settings.planogram))
+        self.board = Board()
+        self.phase = Phase.IDLE
+        self.session: Session | None = None
+        self.report: Report | None = None
+        self.vends: dict[str, Vend] = {}
+        self.mqtt_up = False
+        self.stopping = False
+        self._prefix = id_prefix
+        self._counter = 0
+        self._seq = 0
+        self._shown: tuple | None = None
+        self._status: str | None = None
+        self._next_telemetry = now
+
+    # ---- restore after a restart -------------------------------------------------------
+
+    def restore(self, vends: list[Vend], saved_settings: dict) -> None:
+        """Dispenses the journal says were not finished, and the operator's settings."""
+        self.catalog.load_settings(saved_settings)
+        for v in vends:
+            v.waiting, v.live = False, False
+            self.vends[v.vend_id] = v
+
+    # ---- entry point ---------------------------------------------------------------------
+
+    def handle(self, event: object, now: float) -> list:
+        out: list = []
+        key = (self.phase, type(event))
+        if key in SESSION_TABLE:
+            SESSION_TABLE[key](self, event, now, out)
+        else:
+            handler = GLOBAL_HANDLERS.get(type(event))
+            if handler is not None:
+                handler(self, event, now, out)
+        self._pump_vends(now, out)
+        self._refresh(now, out)
+        return out
+
+    @property
+    def busy_on_board(self) -> bool:
+        """A dispense the board may be running: shutdown waits for it."""
+        return any(v.on_board for v in self.vends.values())
+
+    @property
+    def live_order_id(self) -> str | None:
+        return self.session.order_id if self.session and self.phase in LIVE else None
+
+    # ---- ids -----------------------------------------------------------------------------
+
+    def _new_id(self, kind: str) -> str:
+        self._counter += 1
+        return f"{kind}{self._prefix}-{self._counter}"
+
+    # ---- sessions --------------------------------------------------------------------------
+
+    def _start_session(self, ev: E.KeyPressed, now: float, out: list) -> None:
+        self.report = None
+        self.phase = Phase.IDLE
+        if self._out_of_service(now) or self.catalog.unavailable_reason(ev.slot) is not None:
+            return
+        product = self.catalog.planogram[ev.slot]
+        self.session = Session(
+            session_id=self._new_id("s"), slot=ev.slot, product_id=product.product_id,
+            amount=self.catalog.price(ev.slot, now), currency=self.s.currency,
+            deadline=now + self.s.ordering_limit)
+        self.phase = Phase.ORDERING
+        s = self.session
+        out.append(A.CreateOrder(s.session_id, s.slot, s.product_id, s.amount, s.currency))
+
+    def _order_created(self, ev: E.OrderCreated, now: float, out: list) -> None:
+        s = self.session
+        if s is None or ev.session_id != s.session_id:
+            return self._stray_order(ev, now, out)
+        if ev.amount != s.amount or ev.currency != s.currency:
+            # The orders client checks this too; a QR for another amount must never show.
+            out.append(A.Log("error", "order amount differs from the sale; no QR shown",
+                             {"order_id": ev.order_id}))
+            return self._end_session(now, out)
+        out.append(A.Persist((self._save_order(s, ev, now),)))
+        s.order_id, s.qr_url, s.expires_at, s.offline = ev.order_id, ev.qr_url, ev.expires_at, ev.offline
+        s.deadline = min(float(ev.expires_at), now + self.s.session_timeout)
+        self.phase = Phase.AWAITING
+
+    def _stray_order(self, ev: E.OrderCreated, now: float, out: list) -> None:
+        """An order for a session the customer already left: keep it on record, then cancel it."""
+        out.append(A.Persist((
+            A.SaveOrder(ev.order_id, ev.session_id, ev.slot, "", ev.amount, ev.currency, ev.qr_url,
+                        ev.expires_at, ev.offline, now),
+            A.CloseOrder(ev.order_id, now, "abandoned"))))
+        if not ev.offline:
+            out.append(A.CancelOrder(ev.order_id))
+
+    def _save_order(self, s: Session, ev: E.OrderCreated, now: float) -> A.SaveOrder:
+        return A.SaveOrder(ev.order_id, s.session_id, s.slot, s.product_id, ev.amount, ev.currency,
+                           ev.qr_url, ev.expires_at, ev.offline, now)
+
+    def _order_failed(self, ev: E.OrderFailed, now: float, out: list) -> None:
+        s = self.session
+        if s is None or ev.session_id != s.session_id:
+            return
+        if ev.kind == "unreachable" and self.s.offline_qr:
+            out.append(A.MintOfflineOrder(s.session_id, s.slot, s.amount, s.currency))
+            return
+        if ev.kind == "bad_order":
+            self._alert(out, "inauthentic_message",
+                        "The orders API answered with an order that failed verification; no QR was shown.")
+        out.append(A.Log("warning", "order not created", {"kind": ev.kind, "detail": ev.detail}))
+        self._end_session(now, out)
+
+    def _abandon_ordering(self, ev: object, now: float, out: list) -> None:
+        # The order, if it is ever created, arrives as a stray and gets cancelled.
+        self._end_session(now, out)
+
+    def _begin_cancel(self, ev: object, now: float, out: list, reason: str = "cancel") -> None:
+        s = self.session
+        assert s is not None and s.order_id is not None
+        out.append(A.Persist((A.CloseOrder(s.order_id, now, reason),)))
+        if s.offline:
+            # Nobody to ask: a payment that still comes is judged by the late-payment rule.
+            return self._end_session(now, out)
+        out.append(A.CancelOrder(s.order_id))
+        s.deadline = now + self.s.cancel_wait
+        self.phase = Phase.CANCELLING
+
+    def _cancel_answered(self, ev: E.CancelAnswered, now: float, out: list) -> None:
+        s = self.session
+        if s is None or ev.order_id != s.order_id:
+            return self._late_cancel_answer(ev, now, out)
+        if ev.state == "paid":
+            # The customer paid before the cancel landed: wait for (or fetch) the payment.
+            s.paid_elsewhere = True
+            s.deadline = now + self.s.late_payment_grace
+            self.phase = Phase.AWAITING
+            out.append(A.FetchOrder(s.order_id))
+            s.last_fetch = now
+            return
+        self._end_session(now, out)
+
+    def _late_cancel_answer(self, ev: E.CancelAnswered, now: float, out: list) -> None:
+        """A cancel for an order no longer on screen (restart, stray): if the customer paid,
+        go and get the payment rather than wait for MQTT to bring it."""
+        if ev.state == "paid":
+            out.append(A.FetchOrder(ev.order_id))
+
+    def _cancel_session(self, now: float, out: list, reason: str) -> bool:
+        """Close whatever session is live (board gone, door opened, command, shutdown)."""
+        if self.phase == Phase.ORDERING:
+            self._end_session(now, out)
+            return True
+        if self.phase == Phase.AWAITING and self.session and not self.session.paid_elsewhere:
+            self._begin_cancel(None, now, out, reason)
+            return True
+        return False
+
+    def _end_session(self, now: float, out: list) -> None:
+        self.session = None
+        self.phase = Phase.IDLE
+
+    def _end_report(self, ev: object, now: float, out: list) -> None:
+        self.report = None
+        self.phase = Phase.IDLE
+
+    # ---- payments --------------------------------------------------------------------------
+
+    def _on_payment(self, ev: E.PaymentIn, now: float, out: list) -> None:
+        pay, order = ev.payment, ev.order
+        slot_ok = (order is not None and self.board.online and not self.board.door_open
+                   and self.catalog.unavailable_reason(order.slot) is None)
+        decision = payments.decide(
+            ev, live_order_id=self.live_order_id, now=now, grace=self.s.late_payment_grace,
+            machine_free=self.phase in (Phase.IDLE, Phase.REPORTING) and not self.stopping,
+            slot_ok=slot_ok)
+        if decision == payments.REDELIVERY:
+            if ev.token is not None:
+                out.append(A.AckMessage(ev.token))
+            return
+        ops: list = [A.SavePayment(pay.txn_id, pay.order_id, pay.amount, pay.currency, pay.provider,
+                                   pay.payer, pay.message, decision, now)]
+        publish: list = []
+        if decision == payments.DISPENSE:
+            vend = Vend(vend_id=msg.vend_id_for(self.s.machine_id, order.order_id),
+                        order_id=order.order_id, kind="paid", slot=order.slot, txn_id=pay.txn_id,
+                        amount=pay.amount, currency=pay.currency,
+                        payer_new=pay.payer is not None and not ev.payer_seen,
+                        created_at=now, live=True)
+            ops.append(A.SaveVend(vend.vend_id, vend.order_id, "paid", vend.slot, vend.txn_id,
+                                  vend.amount, vend.currency, vend.payer_new, now))
+            self.vends[vend.vend_id] = vend
+            self.session, self.report = None, None
+            self.phase = Phase.DISPENSING
+        else:
+            fields = msg.vend_result(
+                event_id=self._new_id("e"), order_id=pay.order_id, vend_id=None,
+                slot=order.slot if order else None, amount=pay.amount, currency=pay.currency,
+                txn_id=pay.txn_id, result=decision, dispensed=False, refund=True)
+            ops.append(A.SaveEvent(fields["event_id"], "vend_result", fields))
+            publish.append(A.Publish(fields["event_id"], "vend_result", fields))
+        out.append(A.Persist(tuple(ops)))
+        if ev.token is not None:
+            out.append(A.AckMessage(ev.token))
+        out.extend(publish)
+
+    def _on_payment_rejected(self, ev: E.PaymentRejectedIn, now: float, out: list) -> None:
+        fields = msg.payment_rejected(event_id=self._new_id("e"), order_id=ev.order_id,
+                                             reason=ev.reason)
+        self._emit(out, "payment_rejected", fields, token=ev.token)
+
+    # ---- vends -------------------------------------------------------------------------------
+
+    def _pump_vends(self, now: float, out: list) -> None:
+        if not self.board.online or self.board.boot is None:
+            return
+        for v in self.vends.values():
+            if v.on_board:
+                if not v.waiting and (v.state == SENT or now - v.last_query >= self.s.vstat_interval):
+                    self._query(v, now, out)
+                return  # one dispense on the board at a time
+        if self.board.door_open or self.stopping:
+            return
+        # A paying customer's dispense goes first; the operator's gift waits until nobody is
+        # in the middle of a sale, so it never drops into a paying customer's tray.
+        queue = sorted(self.vends.values(), key=lambda v: (v.kind != "paid", v.created_at))
+        for v in queue:
+            if v.retry_at > now:
+                continue
+            if v.kind == "free":
+                if v.expires is not None and now > v.expires:
+                    self._finish(v, "expired", now, out)   # judged at the motor start (§2)
+                    continue
+                if not v.live and self.phase not in (Phase.IDLE, Phase.REPORTING):
+                    continue
+            v.state, v.boot, v.waiting = SENT, self.board.boot, True
+            if v.kind == "free" and self.phase in (Phase.IDLE, Phase.REPORTING):
+                v.live, self.report, self.phase = True, None, Phase.DISPENSING
+            out.append(A.Persist((A.VendSent(v.vend_id, v.boot, now),)))
+            out.append(A.SendVend(v.vend_id, v.slot, v.boot))
+            return
+
+    def _query(self, v: Vend, now: float, out: list) -> None:
+        v.waiting, v.last_query = True, now
+        out.append(A.QueryVend(v.vend_id))
+
+    def _on_vend_reply(self, ev: E.VendReply, now: float, out: list) -> None:
+        v = self.vends.get(ev.vend_id)
+        if v is None:
+            return
+        v.waiting = False
+        if ev.state == "unknown" and v.state == PENDING:
+            return  # refused earlier, so never on the board: it is sent again in turn
+        if ev.state == "running":
+            v.state, v.last_query = RUNNING, now
+        elif ev.state == "done":
+            self._finish(v, ev.result or "timeout", now, out)
+        elif ev.state == "unknown":
+            if after_unknown(v, ev.boot) == "resend":
+                v.waiting = True
+                out.append(A.SendVend(v.vend_id, v.slot, v.boot))
+            else:
+                self._finish(v, "uncertain", now, out)
+
+    def _on_vend_refused(self, ev: E.VendRefused, now: float, out: list) -> None:
+        v = self.vends.get(ev.vend_id)
+        if v is None:
+            return
+        v.waiting = False
+        # A refusal means the board did not act (a known id is answered, never refused), so
+        # the vend is back to pending and may be given up safely.
+        # `rebooted`: the link refused to write it because the board rebooted since we
+        # journaled it; no VEND with this id ever reached a board, so it is simply resent.
+        if ev.code in ("busy", "door_open", "fault", "rebooted"):
+            v.state, v.retry_at = PENDING, now + self.s.retry_refused
+            return
+        self._finish(v, "empty" if ev.code == "bad_slot" else "board_offline", now, out)
+
+    def _on_vend_lost(self, ev: E.VendLost, now: float, out: list) -> None:
+        v = self.vends.get(ev.vend_id)
+        if v is not None:
+            v.waiting = False     # asked again by VSTAT when the link is back
+
+    def _finish(self, v: Vend, result: str, now: float, out: list) -> None:
+        del self.vends[v.vend_id]
+        ops: list = [A.VendFinished(v.vend_id, result, now)]
+        events: list = []
+        dispensed, refund = refund_due(v.kind, result, self.s.refund_uncertain)
+        if result != "expired":
+            fields = msg.vend_result(
+                event_id=self._new_id("e"), order_id=v.order_id, vend_id=v.vend_id, slot=v.slot,
+                amount=v.amount if v.kind == "paid" else 0, currency=v.currency,
+                txn_id=v.txn_id, result=result, dispensed=dispensed, refund=refund)
+            events.append(("vend_result", fields))
+        if v.kind == "free":
+            ok = result == "ok"
+            fields = msg.command_result(event_id=self._new_id("e"), cmd_id=v.order_id,
+                                               ok=ok, error=None if ok else result)
+            ops.append(A.SaveCommand(v.order_id, "free_vend", ok, fields["error"], fields["event_id"], now))
+            events.append(("command_result", fields))
+        if result == "empty":
+            self.catalog.empty = self.catalog.empty | {v.slot}
+        if result in ("jam", "no_drop", "timeout"):
+            events.append(("alert", msg.alert(
+                event_id=self._new_id("e"), code="jam" if result == "jam" else "vend_failed",
+                slot=v.slot, detail=f"Slot {v.slot} failed to dispense ({result}).")))
+            out.append(A.RefreshSlots())
+        if self.catalog.record_outcome(v.slot, result, self.s.slot_failure_limit):
+            ops.append(A.SaveSetting("disabled_slots", sorted(self.catalog.auto_disabled)))
+            events.append(("alert", msg.alert(
+                event_id=self._new_id("e"), code="slot_disabled", slot=v.slot,
+                detail=f"Slot {v.slot} disabled after {self.s.slot_failure_limit} failed vends in a row.")))
+        for type_, fields in events:
+            ops.append(A.SaveEvent(fields["event_id"], type_, fields))
+        out.append(A.Persist(tuple(ops)))
+        out.extend(A.Publish(f["event_id"], t, f) for t, f in events)
+        if v.live and result == "expired":
+            self.phase = Phase.IDLE
+        elif v.live:
+            self.phase = Phase.REPORTING
+            self.report = Report(result, v.amount, v.currency, v.slot, refunded=refund,
+                                 follow=v.payer_new and result == "ok", until=now + self.s.report_seconds)
+
+    def _give_up_waiting(self, now: float, out: list) -> None:
+        """A paid vend that could never reach the board in time is refunded: it was never sent."""
+        for v in list(self.vends.values()):
+            if v.state == PENDING and v.kind == "paid" and now - v.created_at > self.s.late_payment_grace:
+                # `late`: a payment from before a restart whose customer has surely gone;
+                # `board_offline`: the board could not take it in time.
+                usable = self.board.online and not self.board.door_open
+                self._finish(v, "late" if usable and not v.live else "board_offline", now, out)
+
+    # ---- board ---------------------------------------------------------------------------
+
+    def _on_board_up(self, ev: E.BoardUp, now: float, out: list) -> None:
+        self.board.online, self.board.alerted_down = True, False
+        self._next_telemetry = now     # link up: tell the operator without waiting a period
+        self._learn_boot(ev.boot, now, out)
+        out.append(A.RefreshSlots())
+
+    def _on_board_boot(self, ev: E.BoardBoot, now: float, out: list) -> None:
+        self._learn_boot(ev.boot, now, out)
+
+    def _learn_boot(self, boot: int, now: float, out: list) -> None:
+        old = self.board.boot
+        self.board.boot = boot
+        if old is not None and old != boot:
+            self._alert(out, "board_rebooted", f"The board rebooted (boot {old} -> {boot}).")
+        for v in self.vends.values():
+            if v.on_board and v.boot != boot:
+                v.waiting = False   # ask VSTAT afresh; `unknown` will now mean uncertain
+                v.last_query = 0.0
+
+    def _on_board_down(self, ev: E.BoardDown, now: float, out: list) -> None:
+        self.board.online = False
+        self._next_telemetry = now
+        self._cancel_session(now, out, "board_offline")
+        for v in self.vends.values():
+            v.waiting = False
+        if not self.board.alerted_down:
+            self.board.alerted_down = True
+            self._alert(out, "board_link_down", f"The board stopped answering ({ev.reason}).")
+
+    def _on_slots(self, ev: E.SlotsSeen, now: float, out: list) -> None:
+        newly_empty = ev.empty - self.catalog.empty
+        self.catalog.empty, self.catalog.board_disabled = ev.empty, ev.disabled
+        for slot in sorted(newly_empty & set(self.catalog.planogram)):
+            self._alert(out, "low_stock", f"Slot {slot} is empty.", slot=slot)
+        if newly_empty:
+            self._next_telemetry = now
+
+    def _on_door(self, ev: E.DoorChanged, now: float, out: list) -> None:
+        was_open, self.board.door_open = self.board.door_open, ev.open
+        if was_open != ev.open:
+            self._next_telemetry = now
+        if ev.open and not was_open:
+            if self._cancel_session(now, out, "door_open") or self.busy_on_board:
+                self._alert(out, "door_open_during_sale", "The service door was opened during a sale.")
+        if was_open and not ev.open:
+            # A technician has serviced the machine: give auto-disabled slots another chance.
+            if self.catalog.reenable_all():
+                out.append(A.Persist((A.SaveSetting("disabled_slots", []),)))
+            out.append(A.RefreshSlots())
+
+    def _on_fault(self, ev: E.BoardFault, now: float, out: list) -> None:
+        self.board.fault = ev.code
+        self._alert(out, "board_fault", f"The board reported fault {ev.code}.")
+
+    def _on_status(self, ev: E.BoardStatus, now: float, out: list) -> None:
+        self.board.temp = ev.temp
+        self._learn_boot(ev.boot, now, out)
+        if ev.door_open != self.board.door_open:
+            self._on_door(E.DoorChanged(ev.door_open), now, out)
+
+    def _on_key(self, ev: E.KeyPressed, now: float, out: list) -> None:
+        pass  # a key during a sale is ignored: one customer at a time
+
+    # ---- commands ------------------------------------------------------------------------
+
+    def _on_command(self, ev: E.CommandIn, now: float, out: list) -> None:
+        from vending.core.commands import execute
+        execute(self, ev, now, out)
+
+    def _on_command_rejected(self, ev: E.CommandRejectedIn, now: float, out: list) -> None:
+        self._alert(out, "inauthentic_message", f"A command was rejected: {ev.detail}", token=ev.token)
+
+    def _on_ack(self, ev: E.AckIn, now: float, out: list) -> None:
+        if msg.is_fresh(ev.ts, now):
+            out.append(A.Persist((A.EventAcked(ev.event_id, now),)))
+        # A stale ack is ignored (the event is republished later), but the message is consumed.
+        out.append(A.AckMessage(ev.token))
+
+    def _on_mqtt_up(self, ev: E.MqttUp, now: float, out: list) -> None:
+        self.mqtt_up = True
+        self._status = None   # the adapter announced `online`; say what we really are
+
+    def _on_mqtt_down(self, ev: E.MqttDown, now: float, out: list) -> None:
+        self.mqtt_up = False
+
+    def _on_shutdown(self, ev: E.Shutdown, now: float, out: list) -> None:
+        self.stopping = True
+        self._cancel_session(now, out, "shutdown")
+
+    # ---- time ----------------------------------------------------------------------------
+
+    def _on_tick(self, ev: E.Tick, now: float, out: list) -> None:
+        s = self.session
+        if self.phase == Phase.ORDERING and now >= s.deadline:
+            self._end_session(now, out)
+        elif self.phase == Phase.AWAITING and now >= s.deadline:
+            if s.paid_elsewhere:
+                self._end_session(now, out)   # its payment, when it comes, is judged as late
+            else:
+                self._begin_cancel(None, now, out, "timeout")
+        elif self.phase == Phase.CANCELLING and now >= s.deadline:
+            self._end_session(now, out)
+        elif self.phase == Phase.REPORTING and self.report and now >= self.report.until:
+            self._end_report(ev, now, out)
+        if (self.phase == Phase.AWAITING and (not self.mqtt_up or s.paid_elsewhere)
+                and not s.offline and now - s.last_fetch >= self.s.reconcile_interval):
+            s.last_fetch = now
+            out.append(A.FetchOrder(s.order_id))
+        self._give_up_waiting(now, out)
+        if now >= self._next_telemetry:
+            self._next_telemetry = now + self.s.telemetry_interval
+            self.catalog.prune_promos(now)
+            out.append(A.PublishTelemetry(self._telemetry(now)))
+
+    def _telemetry(self, now: float) -> dict:
+        stock = {str(slot): (0 if slot in self.catalog.empty else None) for slot in self.catalog.planogram}
+        return msg.telemetry(temp=self.board.temp,
+                                    door="open" if self.board.door_open else "closed",
+                                    link="up" if self.board.online else "down", stock=stock,
+                                    uptime=int(now - self.s.started))
+
+    # ---- outputs shared by handlers --------------------------------------------------------
+
+    def _emit(self, out: list, type_: str, fields: dict, token=None, extra_ops=()) -> None:
+        out.append(A.Persist((*extra_ops, A.SaveEvent(fields["event_id"], type_, fields))))
+        if token is not None:
+            out.append(A.AckMessage(token))
+        out.append(A.Publish(fields["event_id"], type_, fields))
+
+    def _alert(self, out: list, code: str, detail: str, slot: int | None = None, token=None) -> None:
+        fields = msg.alert(event_id=self._new_id("e"), code=code, slot=slot, detail=detail)
+        self._emit(out, "alert", fields, token=token)
+
+    def _out_of_service(self, now: float, items=None) -> str | None:
+        return screens.out_of_service_reason(
+            board_online=self.board.online, door_open=self.board.door_open, stopping=self.stopping,
+            items=items if items is not None else screens.products(self.catalog, self.s.currency, now))
+
+    def _refresh(self, now: float, out: list) -> None:
+        """Publish status and show a new view when, and only when, they changed."""
+        items = screens.products(self.catalog, self.s.currency, now)
+        oos = self._out_of_service(now, items)
+        status = "online" if oos is None else "out_of_service"
+        if status != self._status and self.mqtt_up and not self.stopping:
+            self._status = status
+            out.append(A.PublishStatus(status))
+        screen, fields = self._screen(oos)
+        key = (screen, items, tuple(sorted(fields.items())))
+        if key != self._shown:
+            self._shown = key
+            self._seq += 1
+            out.append(A.Show(screens.make_view(screen, items, now, self._seq, **fields)))
+
+    def _screen(self, oos: str | None) -> tuple[Screen, dict]:
+        s, r = self.session, self.report
+        if self.phase == Phase.ORDERING:
+            return Screen.ORDERING, {"slot": s.slot, "amount": s.amount, "currency": s.currency}
+        if self.phase == Phase.AWAITING and s.paid_elsewhere:
+            return Screen.DISPENSING, {"slot": s.slot, "amount": s.amount, "currency": s.currency}
+        if self.phase == Phase.AWAITING:
+            return Screen.QR, {"slot": s.slot, "amount": s.amount, "currency": s.currency,
+                               "qr_url": s.qr_url, "expires_at": int(s.deadline),
+                               "order_id": s.order_id, "offline": s.offline}
+        if self.phase == Phase.DISPENSING:
+            live = next((v for v in self.vends.values() if v.live), None)
+            return Screen.DISPENSING, ({"slot": live.slot, "amount": live.amount,
+                                        "currency": live.currency} if live else {})
+        if self.phase == Phase.REPORTING and r is not None:
+            base = {"slot": r.slot, "amount": r.amount, "currency": r.currency}
+            if r.result == "ok":
+                return Screen.THANKS, {**base, "follow_qr_url": self.s.follow_qr_url if r.follow else None}
+            return Screen.REFUND, {**base, "refund_reason": r.result, "refunded": r.refunded}
+        if oos is not None:
+            return Screen.OUT_OF_SERVICE, {"reason": oos}
+        return Screen.GRID, {}
+
+
+def _ignore(m: Machine, ev: object, now: float, out: list) -> None:
+    pass
+
+
+SESSION_TABLE = {
+    (Phase.IDLE, E.KeyPressed): Machine._start_session,
+    (Phase.REPORTING, E.KeyPressed): Machine._start_session,
+    (Phase.ORDERING, E.OrderCreated): Machine._order_created,
+    (Phase.ORDERING, E.OrderFailed): Machine._order_failed,
+    (Phase.ORDERING, E.CancelPressed): Machine._abandon_ordering,
+    (Phase.AWAITING, E.CancelPressed): Machine._begin_cancel,
+    (Phase.CANCELLING, E.CancelAnswered): Machine._cancel_answered,
+    (Phase.REPORTING, E.CancelPressed): Machine._end_report,
+}
+
+GLOBAL_HANDLERS = {
+    E.KeyPressed: Machine._on_key,
+    E.CancelPressed: _ignore,
+    E.OrderCreated: Machine._stray_order,
+    E.OrderFailed: _ignore,
+    E.CancelAnswered: Machine._late_cancel_answer,
+    E.OrderFetched: _ignore,
+    E.PaymentIn: Machine._on_payment,
+    E.PaymentRejectedIn: Machine._on_payment_rejected,
+    E.VendReply: Machine._on_vend_reply,
+    E.VendRefused: Machine._on_vend_refused,
+    E.VendLost: Machine._on_vend_lost,
+    E.BoardUp: Machine._on_board_up,
+    E.BoardBoot: Machine._on_board_boot,
+    E.BoardDown: Machine._on_board_down,
+    E.SlotsSeen: Machine._on_slots,
+    E.DoorChanged: Machine._on_door,
+    E.BoardFault: Machine._on_fault,
+    E.BoardStatus: Machine._on_status,
+    E.CommandIn: Machine._on_command,
+    E.CommandRejectedIn: Machine._on_command_rejected,
+    E.AckIn: Machine._on_ack,
+    E.MqttUp: Machine._on_mqtt_up,
+    E.MqttDown: Machine._on_mqtt_down,
+    E.Shutdown: Machine._on_shutdown,
+    E.Tick: Machine._on_tick,
+}
