@@ -485,7 +485,7 @@ def _display(s: _Section) -> DisplayConfig | None:
     if host is not None and not _is_loopback(host):
         # The kiosk page shows payment QRs; anyone on the network could otherwise swap them.
         s.bad("host", f"must be a loopback address such as 127.0.0.1, not {host!r}")
-    port = s.integer("port", 8080, lo=1, hi=65535)
+    port = s.integer("port", 8080, lo=0, hi=65535)  # 0: any free port (tests, demo)
     png_path = s.path_("png_path", _REQUIRED if kind == "png" else None)
     follow = s.url("follow_qr_url")
     lang = s.text("lang", "zh", choices=LANGS)

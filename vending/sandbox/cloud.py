@@ -77,7 +77,7 @@ class SandboxCloud:
         self._mqtt = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=mqtt_client_id or f"cloud-{machine_id}-{secrets.token_hex(4)}",
-            protocol=mqtt.MQTTv311, clean_session=True)
+            protocol=mqtt.MQTTv311, clean_session=False)  # like a real back end: no event lost while it reconnects
         if mqtt_tls is not None:
             self._mqtt.tls_set_context(mqtt_tls)
         if mqtt_username is not None:
