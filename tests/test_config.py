@@ -265,7 +265,7 @@ EDITS = [
     ("ttl = 100", "ttl = 121", "must not exceed session_timeout + late_payment_grace (120.5 s)"),
     ('kind = "png"', 'kind = "lcd"', "display.kind must be one of 'kiosk', 'terminal', 'png', 'none'"),
     ('host = "::1"', 'host = "0.0.0.0"', "display.host must be a loopback address"),
-    ("port = 9090", "port = 0", "display.port must be from 1 to 65535"),
+    ("port = 9090", "port = 70000", "display.port must be from 0 to 65535"),
     ('follow_qr_url = "https://example.com/follow"', 'follow_qr_url = "x"', "display.follow_qr_url must be"),
     ('lang = "en"', 'lang = "fr"', "display.lang must be one of 'zh', 'en'"),
     ('product_id = "cola"', 'product_id = "co la"', "planogram.1.product_id must be 1 to 64"),

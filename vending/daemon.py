@@ -14,7 +14,6 @@ import queue
 import secrets
 import signal
 import sys
-import threading
 import time
 
 from firmware_bridge.link import HostLink

@@ -11,86 +11,15 @@ actions for the shell, in the order they must happen.
 """
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass, field
-
 from vending import messages as msg
 from vending.core import actions as A
 from vending.core import events as E
-from vending.core import payments, screens
-from vending.core.catalog import Catalog, Promo
-from vending.core.vends import PENDING, RUNNING, SENT, Vend, after_unknown, refund_due
-from vending.display.view import Screen
+from vending.core import payments, screens, vends as dispensing
+from vending.core.catalog import Catalog
+from vending.core.state import LIVE, Board, Phase, Report, Session, Settings
+from vending.core.vends import Vend
 
-
-class Phase(enum.Enum):
-    IDLE = "idle"
-    ORDERING = "ordering"
-    AWAITING = "awaiting_payment"
-    CANCELLING = "cancelling"
-    DISPENSING = "dispensing"
-    REPORTING = "reporting"
-
-
-LIVE = (Phase.ORDERING, Phase.AWAITING, Phase.CANCELLING)
-
-
-@dataclass(frozen=True)
-class Settings:
-    machine_id: str
-    currency: str
-    planogram: dict
-    session_timeout: float = 120
-    late_payment_grace: float = 60
-    refund_uncertain: bool = True
-    slot_failure_limit: int = 3
-    telemetry_interval: float = 60
-    offline_qr: bool = True
-    follow_qr_url: str | None = None
-    started: float = 0.0
-    report_seconds: float = 6       # thank-you / refund screen
-    ordering_limit: float = 30      # bounded by the orders client; a guard if an answer never comes
-    cancel_wait: float = 10         # how long the CANCELLING screen waits for the cloud's answer
-    vstat_interval: float = 5       # belt and braces behind the board's `kind=vend` event
-    reconcile_interval: float = 5   # GET the live order this often while MQTT is down
-    retry_refused: float = 1        # a VEND refused as busy / door_open / fault is tried again
-
-
-@dataclass
-class Session:
-    session_id: str
-    slot: int
-    product_id: str
-    amount: int
-    currency: str
-    deadline: float
-    order_id: str | None = None
-    qr_url: str | None = None
-    expires_at: int | None = None
-    offline: bool = False
-    paid_elsewhere: bool = False    # the cloud said "paid" to our cancel: the payment is coming
-    last_fetch: float = 0.0
-
-
-@dataclass
-class Report:
-    result: str
-    amount: int
-    currency: str
-    slot: int
-    refunded: bool
-    follow: bool
-    until: float
-
-
-@dataclass
-class Board:
-    online: bool = False
-    boot: int | None = None
-    door_open: bool = False
-    temp: int | None = None
-    fault: str | None = None
-    alerted_down: bool = False
+__all__ = ["Machine", "Phase", "Settings", "LIVE", "SESSION_TABLE", "GLOBAL_HANDLERS"]
 
 
 class Machine:
@@ -131,8 +60,8 @@ class Machine:
             handler = GLOBAL_HANDLERS.get(type(event))
             if handler is not None:
                 handler(self, event, now, out)
-        self._pump_vends(now, out)
-        self._refresh(now, out)
+        dispensing.pump(self, now, out)
+        screens.refresh(self, now, out)
         return out
 
     @property
@@ -155,7 +84,7 @@ class Machine:
     def _start_session(self, ev: E.KeyPressed, now: float, out: list) -> None:
         self.report = None
         self.phase = Phase.IDLE
-        if self._out_of_service(now) or self.catalog.unavailable_reason(ev.slot) is not None:
+        if screens.out_of_service(self, now) or self.catalog.unavailable_reason(ev.slot) is not None:
             return
         product = self.catalog.planogram[ev.slot]
         self.session = Session(
@@ -261,169 +190,7 @@ class Machine:
 
     # ---- payments --------------------------------------------------------------------------
 
-    def _on_payment(self, ev: E.PaymentIn, now: float, out: list) -> None:
-        pay, order = ev.payment, ev.order
-        slot_ok = (order is not None and self.board.online and not self.board.door_open
-                   and self.catalog.unavailable_reason(order.slot) is None)
-        decision = payments.decide(
-            ev, live_order_id=self.live_order_id, now=now, grace=self.s.late_payment_grace,
-            machine_free=self.phase in (Phase.IDLE, Phase.REPORTING) and not self.stopping,
-            slot_ok=slot_ok)
-        if decision == payments.REDELIVERY:
-            if ev.token is not None:
-                out.append(A.AckMessage(ev.token))
-            return
-        ops: list = [A.SavePayment(pay.txn_id, pay.order_id, pay.amount, pay.currency, pay.provider,
-                                   pay.payer, pay.message, decision, now)]
-        publish: list = []
-        if decision == payments.DISPENSE:
-            vend = Vend(vend_id=msg.vend_id_for(self.s.machine_id, order.order_id),
-                        order_id=order.order_id, kind="paid", slot=order.slot, txn_id=pay.txn_id,
-                        amount=pay.amount, currency=pay.currency,
-                        payer_new=pay.payer is not None and not ev.payer_seen,
-                        created_at=now, live=True)
-            ops.append(A.SaveVend(vend.vend_id, vend.order_id, "paid", vend.slot, vend.txn_id,
-                                  vend.amount, vend.currency, vend.payer_new, now))
-            self.vends[vend.vend_id] = vend
-            self.session, self.report = None, None
-            self.phase = Phase.DISPENSING
-        else:
-            fields = msg.vend_result(
-                event_id=self._new_id("e"), order_id=pay.order_id, vend_id=None,
-                slot=order.slot if order else None, amount=pay.amount, currency=pay.currency,
-                txn_id=pay.txn_id, result=decision, dispensed=False, refund=True)
-            ops.append(A.SaveEvent(fields["event_id"], "vend_result", fields))
-            publish.append(A.Publish(fields["event_id"], "vend_result", fields))
-        out.append(A.Persist(tuple(ops)))
-        if ev.token is not None:
-            out.append(A.AckMessage(ev.token))
-        out.extend(publish)
-
-    def _on_payment_rejected(self, ev: E.PaymentRejectedIn, now: float, out: list) -> None:
-        fields = msg.payment_rejected(event_id=self._new_id("e"), order_id=ev.order_id,
-                                             reason=ev.reason)
-        self._emit(out, "payment_rejected", fields, token=ev.token)
-
     # ---- vends -------------------------------------------------------------------------------
-
-    def _pump_vends(self, now: float, out: list) -> None:
-        if not self.board.online or self.board.boot is None:
-            return
-        for v in self.vends.values():
-            if v.on_board:
-                if not v.waiting and (v.state == SENT or now - v.last_query >= self.s.vstat_interval):
-                    self._query(v, now, out)
-                return  # one dispense on the board at a time
-        if self.board.door_open or self.stopping:
-            return
-        # A paying customer's dispense goes first; the operator's gift waits until nobody is
-        # in the middle of a sale, so it never drops into a paying customer's tray.
-        queue = sorted(self.vends.values(), key=lambda v: (v.kind != "paid", v.created_at))
-        for v in queue:
-            if v.retry_at > now:
-                continue
-            if v.kind == "free":
-                if v.expires is not None and now > v.expires:
-                    self._finish(v, "expired", now, out)   # judged at the motor start (§2)
-                    continue
-                if not v.live and self.phase not in (Phase.IDLE, Phase.REPORTING):
-                    continue
-            v.state, v.boot, v.waiting = SENT, self.board.boot, True
-            if v.kind == "free" and self.phase in (Phase.IDLE, Phase.REPORTING):
-                v.live, self.report, self.phase = True, None, Phase.DISPENSING
-            out.append(A.Persist((A.VendSent(v.vend_id, v.boot, now),)))
-            out.append(A.SendVend(v.vend_id, v.slot, v.boot))
-            return
-
-    def _query(self, v: Vend, now: float, out: list) -> None:
-        v.waiting, v.last_query = True, now
-        out.append(A.QueryVend(v.vend_id))
-
-    def _on_vend_reply(self, ev: E.VendReply, now: float, out: list) -> None:
-        v = self.vends.get(ev.vend_id)
-        if v is None:
-            return
-        v.waiting = False
-        if ev.state == "unknown" and v.state == PENDING:
-            return  # refused earlier, so never on the board: it is sent again in turn
-        if ev.state == "running":
-            v.state, v.last_query = RUNNING, now
-        elif ev.state == "done":
-            self._finish(v, ev.result or "timeout", now, out)
-        elif ev.state == "unknown":
-            if after_unknown(v, ev.boot) == "resend":
-                v.waiting = True
-                out.append(A.SendVend(v.vend_id, v.slot, v.boot))
-            else:
-                self._finish(v, "uncertain", now, out)
-
-    def _on_vend_refused(self, ev: E.VendRefused, now: float, out: list) -> None:
-        v = self.vends.get(ev.vend_id)
-        if v is None:
-            return
-        v.waiting = False
-        # A refusal means the board did not act (a known id is answered, never refused), so
-        # the vend is back to pending and may be given up safely.
-        # `rebooted`: the link refused to write it because the board rebooted since we
-        # journaled it; no VEND with this id ever reached a board, so it is simply resent.
-        if ev.code in ("busy", "door_open", "fault", "rebooted"):
-            v.state, v.retry_at = PENDING, now + self.s.retry_refused
-            return
-        self._finish(v, "empty" if ev.code == "bad_slot" else "board_offline", now, out)
-
-    def _on_vend_lost(self, ev: E.VendLost, now: float, out: list) -> None:
-        v = self.vends.get(ev.vend_id)
-        if v is not None:
-            v.waiting = False     # asked again by VSTAT when the link is back
-
-    def _finish(self, v: Vend, result: str, now: float, out: list) -> None:
-        del self.vends[v.vend_id]
-        ops: list = [A.VendFinished(v.vend_id, result, now)]
-        events: list = []
-        dispensed, refund = refund_due(v.kind, result, self.s.refund_uncertain)
-        if result != "expired":
-            fields = msg.vend_result(
-                event_id=self._new_id("e"), order_id=v.order_id, vend_id=v.vend_id, slot=v.slot,
-                amount=v.amount if v.kind == "paid" else 0, currency=v.currency,
-                txn_id=v.txn_id, result=result, dispensed=dispensed, refund=refund)
-            events.append(("vend_result", fields))
-        if v.kind == "free":
-            ok = result == "ok"
-            fields = msg.command_result(event_id=self._new_id("e"), cmd_id=v.order_id,
-                                               ok=ok, error=None if ok else result)
-            ops.append(A.SaveCommand(v.order_id, "free_vend", ok, fields["error"], fields["event_id"], now))
-            events.append(("command_result", fields))
-        if result == "empty":
-            self.catalog.empty = self.catalog.empty | {v.slot}
-        if result in ("jam", "no_drop", "timeout"):
-            events.append(("alert", msg.alert(
-                event_id=self._new_id("e"), code="jam" if result == "jam" else "vend_failed",
-                slot=v.slot, detail=f"Slot {v.slot} failed to dispense ({result}).")))
-            out.append(A.RefreshSlots())
-        if self.catalog.record_outcome(v.slot, result, self.s.slot_failure_limit):
-            ops.append(A.SaveSetting("disabled_slots", sorted(self.catalog.auto_disabled)))
-            events.append(("alert", msg.alert(
-                event_id=self._new_id("e"), code="slot_disabled", slot=v.slot,
-                detail=f"Slot {v.slot} disabled after {self.s.slot_failure_limit} failed vends in a row.")))
-        for type_, fields in events:
-            ops.append(A.SaveEvent(fields["event_id"], type_, fields))
-        out.append(A.Persist(tuple(ops)))
-        out.extend(A.Publish(f["event_id"], t, f) for t, f in events)
-        if v.live and result == "expired":
-            self.phase = Phase.IDLE
-        elif v.live:
-            self.phase = Phase.REPORTING
-            self.report = Report(result, v.amount, v.currency, v.slot, refunded=refund,
-                                 follow=v.payer_new and result == "ok", until=now + self.s.report_seconds)
-
-    def _give_up_waiting(self, now: float, out: list) -> None:
-        """A paid vend that could never reach the board in time is refunded: it was never sent."""
-        for v in list(self.vends.values()):
-            if v.state == PENDING and v.kind == "paid" and now - v.created_at > self.s.late_payment_grace:
-                # `late`: a payment from before a restart whose customer has surely gone;
-                # `board_offline`: the board could not take it in time.
-                usable = self.board.online and not self.board.door_open
-                self._finish(v, "late" if usable and not v.live else "board_offline", now, out)
 
     # ---- board ---------------------------------------------------------------------------
 
@@ -535,7 +302,7 @@ class Machine:
                 and not s.offline and now - s.last_fetch >= self.s.reconcile_interval):
             s.last_fetch = now
             out.append(A.FetchOrder(s.order_id))
-        self._give_up_waiting(now, out)
+        dispensing.give_up_waiting(self, now, out)
         if now >= self._next_telemetry:
             self._next_telemetry = now + self.s.telemetry_interval
             self.catalog.prune_promos(now)
@@ -560,49 +327,6 @@ class Machine:
         fields = msg.alert(event_id=self._new_id("e"), code=code, slot=slot, detail=detail)
         self._emit(out, "alert", fields, token=token)
 
-    def _out_of_service(self, now: float, items=None) -> str | None:
-        return screens.out_of_service_reason(
-            board_online=self.board.online, door_open=self.board.door_open, stopping=self.stopping,
-            items=items if items is not None else screens.products(self.catalog, self.s.currency, now))
-
-    def _refresh(self, now: float, out: list) -> None:
-        """Publish status and show a new view when, and only when, they changed."""
-        items = screens.products(self.catalog, self.s.currency, now)
-        oos = self._out_of_service(now, items)
-        status = "online" if oos is None else "out_of_service"
-        if status != self._status and self.mqtt_up and not self.stopping:
-            self._status = status
-            out.append(A.PublishStatus(status))
-        screen, fields = self._screen(oos)
-        key = (screen, items, tuple(sorted(fields.items())))
-        if key != self._shown:
-            self._shown = key
-            self._seq += 1
-            out.append(A.Show(screens.make_view(screen, items, now, self._seq, **fields)))
-
-    def _screen(self, oos: str | None) -> tuple[Screen, dict]:
-        s, r = self.session, self.report
-        if self.phase == Phase.ORDERING:
-            return Screen.ORDERING, {"slot": s.slot, "amount": s.amount, "currency": s.currency}
-        if self.phase == Phase.AWAITING and s.paid_elsewhere:
-            return Screen.DISPENSING, {"slot": s.slot, "amount": s.amount, "currency": s.currency}
-        if self.phase == Phase.AWAITING:
-            return Screen.QR, {"slot": s.slot, "amount": s.amount, "currency": s.currency,
-                               "qr_url": s.qr_url, "expires_at": int(s.deadline),
-                               "order_id": s.order_id, "offline": s.offline}
-        if self.phase == Phase.DISPENSING:
-            live = next((v for v in self.vends.values() if v.live), None)
-            return Screen.DISPENSING, ({"slot": live.slot, "amount": live.amount,
-                                        "currency": live.currency} if live else {})
-        if self.phase == Phase.REPORTING and r is not None:
-            base = {"slot": r.slot, "amount": r.amount, "currency": r.currency}
-            if r.result == "ok":
-                return Screen.THANKS, {**base, "follow_qr_url": self.s.follow_qr_url if r.follow else None}
-            return Screen.REFUND, {**base, "refund_reason": r.result, "refunded": r.refunded}
-        if oos is not None:
-            return Screen.OUT_OF_SERVICE, {"reason": oos}
-        return Screen.GRID, {}
-
 
 def _ignore(m: Machine, ev: object, now: float, out: list) -> None:
     pass
@@ -626,11 +350,11 @@ GLOBAL_HANDLERS = {
     E.OrderFailed: _ignore,
     E.CancelAnswered: Machine._late_cancel_answer,
     E.OrderFetched: _ignore,
-    E.PaymentIn: Machine._on_payment,
-    E.PaymentRejectedIn: Machine._on_payment_rejected,
-    E.VendReply: Machine._on_vend_reply,
-    E.VendRefused: Machine._on_vend_refused,
-    E.VendLost: Machine._on_vend_lost,
+    E.PaymentIn: payments.on_payment,
+    E.PaymentRejectedIn: payments.on_payment_rejected,
+    E.VendReply: dispensing.on_reply,
+    E.VendRefused: dispensing.on_refused,
+    E.VendLost: dispensing.on_lost,
     E.BoardUp: Machine._on_board_up,
     E.BoardBoot: Machine._on_board_boot,
     E.BoardDown: Machine._on_board_down,
