@@ -1,0 +1,157 @@
+"""End to end, the operator's side: commands, alerts, telemetry, status and what the logs hold."""
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from tests.fixtures.broker import require_mosquitto
+from vending.sandbox.rig import Rig, RigOptions
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+def make_rig(tmp_path):
+    require_mosquitto()
+    rigs: list[Rig] = []
+
+    def make(**opts) -> Rig:
+        rig = Rig(tmp_path / f"rig{len(rigs)}", RigOptions(**opts))
+        rigs.append(rig)
+        return rig.start()
+
+    yield make
+    for rig in rigs:
+        rig.stop()
+
+
+@pytest.fixture
+def rig(make_rig) -> Rig:
+    return make_rig()
+
+
+def _command_result(rig: Rig, cmd_id: str, n: int = 1) -> list[dict]:
+    def found():
+        rs = [e for e in rig.cloud.events("command_result") if e["cmd_id"] == cmd_id]
+        return rs if len(rs) >= n else None
+    return rig.wait(found, 15, f"command_result for {cmd_id}")
+
+
+def test_set_prices_and_promo_change_what_the_customer_pays(rig):
+    rig.wait_screen("grid")
+    now = int(time.time())
+    rig.cloud.send_command("set_prices", {"prices": {"1": 280}}, cmd_id="c-prices")
+    assert _command_result(rig, "c-prices")[0]["ok"] is True
+    rig.cloud.send_command("set_promo", {"slot": 2, "amount": 100, "start": now - 5, "end": now + 600},
+                           cmd_id="c-promo")
+    assert _command_result(rig, "c-promo")[0]["ok"] is True
+    grid = rig.wait_screen("grid", pred=lambda v: v["products"][1]["promo_price"] == 100)
+    assert grid["products"][0]["price"] == 280
+    view = rig.select(2)
+    assert view["amount"] == 100                   # the 1-yuan campaign
+    order = next(o for o in rig.cloud.orders() if o["order_id"] == view["order_id"])
+    assert order["amount"] == 100
+
+
+def test_free_vend_dispenses_once_per_cmd_id_even_when_redelivered(rig):
+    rig.wait_screen("grid")
+    cmd = rig.cloud.send_command("free_vend", {"slot": 3, "reason": "compensation"}, cmd_id="c-free-1")
+    result = _command_result(rig, "c-free-1")[0]
+    assert result["ok"] is True and result["error"] is None
+    vr = rig.wait(lambda: [e for e in rig.cloud.events("vend_result") if e["order_id"] == "c-free-1"],
+                  what="the free vend's vend_result")[0]
+    assert vr["amount"] == 0 and vr["txn_id"] is None and vr["dispensed"] is True and vr["refund"] is False
+    rig.cloud.publish_raw("commands", cmd)          # the broker delivers it again
+    time.sleep(1.0)
+    assert rig.dispenses() == 1
+    results = [e for e in rig.cloud.deliveries() if e["authentic"]
+               and e["payload"].get("type") == "command_result" and e["payload"]["cmd_id"] == "c-free-1"]
+    assert all(r["payload"]["ok"] is True for r in results)
+
+
+def test_stale_and_expired_commands_are_answered_not_executed(rig):
+    rig.wait_screen("grid")
+    now = int(time.time())
+    rig.cloud.send_command("free_vend", {"slot": 1, "reason": "x"}, cmd_id="c-stale", ts=now - 3600,
+                           expires=now + 3600)
+    rig.cloud.send_command("free_vend", {"slot": 1, "reason": "x"}, cmd_id="c-expired", expires=now - 1)
+    stale = _command_result(rig, "c-stale")[0]
+    expired = _command_result(rig, "c-expired")[0]
+    assert (stale["ok"], stale["error"]) == (False, "stale")
+    assert (expired["ok"], expired["error"]) == (False, "expired")
+    rig.cloud.send_command("ping", cmd_id="c-ping")
+    assert _command_result(rig, "c-ping")[0]["ok"] is True
+    assert rig.dispenses() == 0
+
+
+def test_cancel_session_command_closes_the_qr(rig):
+    view = rig.select(1)
+    rig.cloud.send_command("cancel_session", cmd_id="c-cancel")
+    assert _command_result(rig, "c-cancel")[0]["ok"] is True
+    rig.wait_screen("grid")
+    rig.wait(lambda: any(o["order_id"] == view["order_id"] and o["state"] == "cancelled"
+                         for o in rig.cloud.orders()), what="the order cancelled at the cloud")
+
+
+def test_door_open_during_a_sale_cancels_it_and_alerts(rig):
+    view = rig.select(1)
+    rig.emulator.open_door()
+    oos = rig.wait_screen("out_of_service")
+    assert oos["reason"] == "door_open"
+    alert = rig.wait(lambda: [a for a in rig.cloud.events("alert") if a["code"] == "door_open_during_sale"],
+                     what="door alert")[0]
+    assert "door" in alert["detail"]
+    rig.wait(lambda: rig.cloud.status_history()[-1]["state"] == "out_of_service", what="status oos")
+    rig.emulator.close_door()
+    rig.wait_screen("grid")
+    rig.wait(lambda: rig.cloud.status_history()[-1]["state"] == "online", what="status online")
+
+
+def test_repeated_jams_disable_the_slot_and_set_prices_brings_it_back(make_rig):
+    rig = make_rig(slot_failure_limit=2)
+    rig.emulator.inject(4, "jam", persistent=True)
+    for _ in range(2):
+        view, payment = rig.buy(4)
+        assert rig.wait_result(payment["txn_id"])["result"] == "jam"
+        rig.wait_screen("grid", timeout=20)
+    codes = [a["code"] for a in rig.cloud.events("alert")]
+    assert codes.count("jam") == 2 and "slot_disabled" in codes
+    grid = rig.wait_screen("grid", pred=lambda v: not v["products"][3]["available"])
+    assert grid["products"][3]["reason"] == "disabled"
+    rig.emulator.press_key(4)                       # a disabled slot sells nothing
+    time.sleep(0.5)
+    assert rig.screen()["screen"] == "grid"
+    rig.emulator.call(lambda b: b.clear_injections())
+    rig.cloud.send_command("set_prices", {"prices": {"4": 500}}, cmd_id="c-reenable")
+    rig.wait_screen("grid", pred=lambda v: v["products"][3]["available"])
+
+
+def test_board_link_down_hides_the_qr_and_comes_back(rig):
+    rig.select(1)
+    rig.emulator.unplug()
+    oos = rig.wait_screen("out_of_service", timeout=20)
+    assert oos["reason"] == "board_offline"
+    rig.wait(lambda: any(a["code"] == "board_link_down" for a in rig.cloud.events("alert")),
+             what="link down alert")
+    rig.emulator.replug()
+    rig.wait_screen("grid", timeout=20)
+    view, payment = rig.buy(2)
+    assert rig.wait_result(payment["txn_id"])["result"] == "ok"
+
+
+def test_telemetry_status_and_logs_hold_no_secrets(make_rig):
+    rig = make_rig(telemetry_interval=1)
+    rig.wait(lambda: rig.cloud.status_history() and rig.cloud.status_history()[-1]["state"] == "online",
+             what="retained online status")
+    view, payment = rig.buy(1)
+    rig.wait_result(payment["txn_id"])
+    tele = rig.wait(lambda: rig.cloud.telemetry(), what="telemetry")[-1]
+    assert tele["link"] == "up" and tele["door"] == "closed" and set(tele["stock"]) == {str(s) for s in range(1, 7)}
+    log = rig.daemon_log()
+    assert "decision=dispense" in log and "vend finished" in log
+    assert rig.key.hex() not in log
+    sigs = [p["sig"] for p in rig.cloud.payments()] + [e.get("sig") for e in rig.cloud.events()]
+    assert sigs and not any(s and s in log for s in sigs)
+    assert not re.search(r"[0-9a-f]{64}", log)
