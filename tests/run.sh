@@ -28,6 +28,6 @@ fi
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
     || { echo "Python 3.11 or newer is needed" >&2; exit 1; }
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,demo]'
 
 exec .venv/bin/python -m pytest "$@"

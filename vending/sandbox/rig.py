@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -23,6 +24,8 @@ from firmware_bridge.emulator import Emulator
 from vending.keyfile import write_key
 from vending.sandbox.broker import Mosquitto
 from vending.sandbox.cloud import SandboxCloud
+
+_KIOSK_URL = re.compile(r"kiosk page at (http://[^\s\"]+)")
 
 DEFAULT_PLANOGRAM = (
     # slot, product_id, zh, en, price (fen)
@@ -184,6 +187,11 @@ class Rig:
 
     def daemon_log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def logged_kiosk_url(self) -> str | None:
+        """The kiosk URL the daemon logged once it listened (the real port, also for port 0)."""
+        m = _KIOSK_URL.search(self.daemon_log())
+        return m.group(1) if m else None
 
     # ---- what the customer sees (the PNG display's JSON sidecar) ---------------------------
 
