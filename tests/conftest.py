@@ -4,5 +4,6 @@ pytest_plugins = [
     "tests.fixtures.broker",
     "tests.fixtures.board",
     "tests.fixtures.cloud",
+    "tests.fixtures.rig",
     "tests.browser",
 ]

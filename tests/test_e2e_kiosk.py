@@ -15,8 +15,7 @@ import zxingcpp
 from PIL import Image
 
 from tests.browser import artifact     # the browser and page_at fixtures come via conftest
-from tests.fixtures.broker import require_mosquitto
-from vending.sandbox.rig import Rig, RigOptions
+from vending.sandbox.rig import Rig
 
 pytestmark = [pytest.mark.broker, pytest.mark.browser]
 
@@ -25,20 +24,12 @@ FOLLOW_URL = "https://example.com/follow/VM-0001"
 
 
 @pytest.fixture
-def make_rig(tmp_path):
-    require_mosquitto()
-    rigs: list[Rig] = []
-
+def make_kiosk_rig(make_rig):
     def make(**opts) -> Rig:
-        rig = Rig(tmp_path / f"rig{len(rigs)}", RigOptions(display="kiosk", **opts))
-        rigs.append(rig)
-        rig.start()
+        rig = make_rig(display="kiosk", **opts)
         rig.kiosk_url = rig.wait(rig.logged_kiosk_url, GUARD, what="the kiosk page to be served")
         return rig
-
-    yield make
-    for rig in rigs:
-        rig.stop()
+    return make
 
 
 def open_kiosk(page_at, rig: Rig, size=(800, 480)):
@@ -79,8 +70,8 @@ def the_order(rig: Rig) -> dict:
     return orders[0]
 
 
-def test_a_customer_buys_with_the_phone_and_the_kiosk_says_thanks(make_rig, page_at):
-    rig = make_rig()
+def test_a_customer_buys_with_the_phone_and_the_kiosk_says_thanks(make_kiosk_rig, page_at):
+    rig = make_kiosk_rig()
     kiosk = open_kiosk(page_at, rig)
     tall = open_kiosk(page_at, rig, (1080, 1920))     # a second panel: same views, pushed
     shot(kiosk, "e2e-grid-800x480.png")
@@ -117,8 +108,8 @@ def test_a_customer_buys_with_the_phone_and_the_kiosk_says_thanks(make_rig, page
     assert kiosk.errors == [] and tall.errors == []
 
 
-def test_a_jammed_slot_shows_the_refund_notice_with_the_reason(make_rig, page_at):
-    rig = make_rig()
+def test_a_jammed_slot_shows_the_refund_notice_with_the_reason(make_kiosk_rig, page_at):
+    rig = make_kiosk_rig()
     rig.emulator.inject(2, "jam")
     kiosk = open_kiosk(page_at, rig)
     choose(kiosk, 2)
@@ -136,8 +127,8 @@ def test_a_jammed_slot_shows_the_refund_notice_with_the_reason(make_rig, page_at
     assert rig.dispenses() == 0
 
 
-def test_the_countdown_runs_out_and_the_order_is_cancelled(make_rig, page_at):
-    rig = make_rig(session_timeout=5)   # long enough to see the QR, short to wait out
+def test_the_countdown_runs_out_and_the_order_is_cancelled(make_kiosk_rig, page_at):
+    rig = make_kiosk_rig(session_timeout=5)   # long enough to see the QR, short to wait out
     kiosk = open_kiosk(page_at, rig)
     choose(kiosk, 1)
     order = the_order(rig)
@@ -149,8 +140,8 @@ def test_the_countdown_runs_out_and_the_order_is_cancelled(make_rig, page_at):
     assert rig.dispenses() == 0
 
 
-def test_the_language_toggle_switches_zh_and_en_and_persists(make_rig, page_at):
-    rig = make_rig()
+def test_the_language_toggle_switches_zh_and_en_and_persists(make_kiosk_rig, page_at):
+    rig = make_kiosk_rig()
     kiosk = open_kiosk(page_at, rig)
     cola = 'button.product[data-slot="1"] .name'
     assert kiosk.text_content(".grid-title") == "请选择商品"
@@ -169,8 +160,8 @@ def test_the_language_toggle_switches_zh_and_en_and_persists(make_rig, page_at):
     assert kiosk.text_content(cola) == "可乐 330ml"
 
 
-def test_the_follow_us_qr_is_for_first_time_payers_only(make_rig, page_at):
-    rig = make_rig(follow_qr_url=FOLLOW_URL)
+def test_the_follow_us_qr_is_for_first_time_payers_only(make_kiosk_rig, page_at):
+    rig = make_kiosk_rig(follow_qr_url=FOLLOW_URL)
     kiosk = open_kiosk(page_at, rig)
     for first_time in (True, False):
         wait_screen(kiosk, "grid")

@@ -6,30 +6,9 @@ import time
 
 import pytest
 
-from tests.fixtures.broker import require_mosquitto
-from vending.sandbox.rig import Rig, RigOptions
+from vending.sandbox.rig import Rig
 
 pytestmark = pytest.mark.broker
-
-
-@pytest.fixture
-def make_rig(tmp_path):
-    require_mosquitto()
-    rigs: list[Rig] = []
-
-    def make(**opts) -> Rig:
-        rig = Rig(tmp_path / f"rig{len(rigs)}", RigOptions(**opts))
-        rigs.append(rig)
-        return rig.start()
-
-    yield make
-    for rig in rigs:
-        rig.stop()
-
-
-@pytest.fixture
-def rig(make_rig) -> Rig:
-    return make_rig()
 
 
 def _command_result(rig: Rig, cmd_id: str, n: int = 1) -> list[dict]:
@@ -96,7 +75,7 @@ def test_cancel_session_command_closes_the_qr(rig):
 
 
 def test_door_open_during_a_sale_cancels_it_and_alerts(rig):
-    view = rig.select(1)
+    rig.select(1)
     rig.emulator.open_door()
     oos = rig.wait_screen("out_of_service")
     assert oos["reason"] == "door_open"

@@ -7,30 +7,9 @@ import time
 import pytest
 
 from vending import signing
-from tests.fixtures.broker import require_mosquitto
-from vending.sandbox.rig import Rig, RigOptions
+from vending.sandbox.rig import Rig
 
 pytestmark = pytest.mark.broker
-
-
-@pytest.fixture
-def make_rig(tmp_path):
-    require_mosquitto()
-    rigs: list[Rig] = []
-
-    def make(**opts) -> Rig:
-        rig = Rig(tmp_path / f"rig{len(rigs)}", RigOptions(**opts))
-        rigs.append(rig)
-        return rig.start()
-
-    yield make
-    for rig in rigs:
-        rig.stop()
-
-
-@pytest.fixture
-def rig(make_rig) -> Rig:
-    return make_rig()
 
 
 def _one_result(rig: Rig, txn_id: str) -> dict:
