@@ -1,4 +1,6 @@
-"""MQTT payloads of CONTRACT §2: parse what the cloud sends, build what the daemon sends.
+"""MQTT payloads of CONTRACT §2: parse what the cloud sends. What the daemon sends is built in
+payloads.py, and the field rules both sides share are in message_fields.py; both are re-exported
+here, so every caller can keep to `messages.X`.
 
 Sans-I/O: bytes (or an already-decoded dict, for the orders API's `payment`) go in, a typed value
 or `Rejected` comes out; the clock is always a parameter.
@@ -21,36 +23,22 @@ import math
 import re
 import secrets
 from dataclasses import dataclass, field
-from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
-from .signing import sign_payload, verify_payload
+from .message_fields import (  # noqa: F401 - the unused ones are re-exported
+    ALERT_CODES, AMOUNT, COMMAND_NAMES, CURRENCY, CURRENCY_RE, DISPENSE_RESULTS, EVENT_TYPES,
+    IDENT, IDENT_RE, INBOUND_TYPES, MESSAGE_TYPES, OPAQUE, PRICES, PROVIDER, REASON_TEXT,
+    SLOT, SLOT_KEY_RE, STATUS_STATES, TXN_ID, UNIX, VEND_RESULTS, Reason, is_ident)
+from .payloads import (  # noqa: F401 - re-exported: callers write messages.vend_result(...)
+    EventFieldError, ack_fields, alert, build_event, command_fields, command_result,
+    payment_fields, payment_rejected, status, telemetry, vend_result)
+from .signing import verify_payload
 
-IDENT_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-CURRENCY_RE = re.compile(r"[A-Z]{3}")
-SLOT_KEY_RE = re.compile(r"[1-9][0-9]{0,5}")  # a slot as a JSON object key: "12", never "012"
 MAX_PAYLOAD_BYTES = 16 * 1024
 MAX_DEPTH = 8  # the deepest legitimate payload (set_prices) nests 3 levels
 FRESH_WINDOW_S = 300
-
-INBOUND_TYPES = ("payment", "command", "ack")
-EVENT_TYPES = ("vend_result", "payment_rejected", "command_result", "alert")
-MESSAGE_TYPES = INBOUND_TYPES + EVENT_TYPES + ("status", "telemetry")
-COMMAND_NAMES = ("set_prices", "set_promo", "free_vend", "cancel_session", "ping")
-DISPENSE_RESULTS = ("ok", "jam", "no_drop", "empty", "timeout")
-VEND_RESULTS = DISPENSE_RESULTS + ("uncertain", "late", "mismatch", "board_offline", "duplicate")
-ALERT_CODES = ("jam", "slot_disabled", "door_open_during_sale", "board_link_down",
-               "board_rebooted", "inauthentic_message", "clock_offset", "low_stock")
-STATUS_STATES = ("online", "offline", "out_of_service")
-_ENVELOPE = ("v", "type", "machine_id", "ts", "sig")
 _SURROGATE = re.compile("[\ud800-\udfff]")  # a lone surrogate from a JSON escape
-
-
-class Reason(StrEnum):
-    BAD_SIG = "bad_sig"
-    WRONG_MACHINE = "wrong_machine"
-    MALFORMED = "malformed"
 
 
 class Rejected(Exception):
@@ -67,10 +55,6 @@ class Rejected(Exception):
         self.order_id = order_id
         self.cmd_id = cmd_id
         super().__init__(f"{self.reason.value}: {detail}")
-
-
-class EventFieldError(ValueError):
-    """An outbound event would break the field rules of CONTRACT §2 (a bug on our side)."""
 
 
 @dataclass(frozen=True)
@@ -100,10 +84,6 @@ class Command:
 class Ack:
     event_id: str
     ts: int
-
-
-def is_ident(s: Any) -> bool:
-    return isinstance(s, str) and IDENT_RE.fullmatch(s) is not None
 
 
 def _derived(prefix: str, domain: str, *idents: str, tail: str = "") -> str:
@@ -279,33 +259,6 @@ def parse_signed(raw: bytes | str | dict, key: bytes, machine_id: str,
     return msg
 
 
-# Field checks: (predicate, description). The description completes "field 'x' must be ...".
-def _int_min(lo: int) -> Callable[[Any], bool]:
-    return lambda v: type(v) is int and v >= lo
-
-
-def _text(max_len: int, ascii_only: bool = False) -> Callable[[Any], bool]:
-    def check(v: Any) -> bool:
-        return (isinstance(v, str) and 0 < len(v) <= max_len and v.isprintable()
-                and (not ascii_only or v.isascii()))
-    return check
-
-
-IDENT = (is_ident, "an identifier [A-Za-z0-9_-]{1,64}")
-AMOUNT = (_int_min(0), "an integer >= 0 in minor units")
-CURRENCY = (lambda v: isinstance(v, str) and CURRENCY_RE.fullmatch(v) is not None,
-            "three upper-case letters")
-SLOT = (_int_min(1), "an integer slot number >= 1")
-UNIX = (_int_min(0), "Unix seconds as an integer")
-TXN_ID = (_text(128, ascii_only=True), "a printable string of 1 to 128 characters")
-PROVIDER = (_text(64, ascii_only=True), "a printable string of 1 to 64 characters")
-OPAQUE = (lambda v: v is None or (isinstance(v, str) and len(v) <= 1024),
-          "a string or null")
-REASON_TEXT = (_text(256), "a printable string of 1 to 256 characters")
-PRICES = (lambda v: isinstance(v, dict) and all(
-    SLOT_KEY_RE.fullmatch(k) and type(p) is int and p >= 0 for k, p in v.items()),
-    'an object {"<slot>": integer >= 0}')
-
 # Per command name: the exact set of args and how each is checked. Args we do not know are
 # refused rather than ignored: a command half understood is not executed.
 COMMAND_ARGS: Mapping[str, Mapping[str, tuple]] = MappingProxyType({
@@ -374,120 +327,3 @@ def parse_ack(raw: bytes | str | dict, key: bytes, machine_id: str) -> Ack:
     msg = parse_signed(raw, key, machine_id, ("ack",))
     _fields(msg, "ack", {"event_id": IDENT}, lambda d: Rejected(Reason.MALFORMED, d))
     return Ack(event_id=msg["event_id"], ts=msg["ts"])
-
-
-# --- outbound ---------------------------------------------------------------------------------
-
-def _need(cond: Any, detail: str) -> None:
-    if not cond:
-        raise EventFieldError(detail)
-
-
-def build_event(key: bytes, machine_id: str, type_: str, fields: dict, ts: int) -> dict:
-    """The signed envelope v=1 around `fields`. Re-signing a republished event is calling this
-    again with the same fields (same event_id) and a new ts."""
-    _need(is_ident(machine_id), "machine_id must match [A-Za-z0-9_-]{1,64}")
-    _need(type_ in MESSAGE_TYPES, f"type must be one of {', '.join(MESSAGE_TYPES)}")
-    _need(type(ts) is int and ts >= 0, "ts must be Unix seconds as an integer")
-    _need(isinstance(fields, dict), "fields must be a dict")
-    clash = [k for k in _ENVELOPE if k in fields]
-    _need(not clash, f"fields must not set envelope key {clash[0] if clash else ''!r}")
-    return sign_payload(key, {"v": 1, "type": type_, "machine_id": machine_id, "ts": ts,
-                              **fields})
-
-
-def _id_or_none(value: Any, name: str) -> None:
-    _need(value is None or is_ident(value), f"{name} must be an identifier or None")
-
-
-def vend_result(*, event_id: str, order_id: str, vend_id: str | None, slot: int | None,
-                amount: int, currency: str, txn_id: str | None, result: str, dispensed: bool,
-                refund: bool) -> dict:
-    """Fields of `vend_result`. vend_id and slot are None for an order the machine never had;
-    txn_id is None (and amount 0) for a free vend, which has nothing to refund."""
-    _need(is_ident(event_id) and is_ident(order_id), "event_id and order_id must be identifiers")
-    _id_or_none(vend_id, "vend_id")
-    _need(slot is None or SLOT[0](slot), "slot must be an integer >= 1 or None")
-    _need(AMOUNT[0](amount) and CURRENCY[0](currency), "amount/currency must be int >= 0 / ABC")
-    _need(txn_id is None or TXN_ID[0](txn_id), "txn_id must be a printable string or None")
-    _need(result in VEND_RESULTS, f"result must be one of {', '.join(VEND_RESULTS)}")
-    _need(type(dispensed) is bool and type(refund) is bool, "dispensed and refund must be bool")
-    _need(dispensed == (result == "ok"), "dispensed is true exactly when result is ok")
-    _need(not (dispensed and refund), "at most one of dispensed and refund is true")
-    if txn_id is None:
-        _need(amount == 0 and not refund, "without a txn_id amount is 0 and nothing is refunded")
-    else:
-        _need(dispensed or refund or result == "uncertain",
-              "a paid vend that was not dispensed is refunded unless it is uncertain")
-    return {"event_id": event_id, "order_id": order_id, "vend_id": vend_id, "slot": slot,
-            "amount": amount, "currency": currency, "txn_id": txn_id, "result": result,
-            "dispensed": dispensed, "refund": refund}
-
-
-def payment_rejected(*, event_id: str, order_id: str | None, reason: str) -> dict:
-    _need(is_ident(event_id), "event_id must be an identifier")
-    _id_or_none(order_id, "order_id")
-    _need(reason in tuple(Reason), "reason must be bad_sig, wrong_machine or malformed")
-    return {"event_id": event_id, "order_id": order_id, "reason": str(reason)}
-
-
-def command_result(*, event_id: str, cmd_id: str, ok: bool, error: str | None = None) -> dict:
-    _need(is_ident(event_id) and is_ident(cmd_id), "event_id and cmd_id must be identifiers")
-    _need(type(ok) is bool, "ok must be a bool")
-    _need((error is None) if ok else (isinstance(error, str) and error != ""),
-          "error is None when ok, else a non-empty string such as 'stale' or 'expired'")
-    return {"event_id": event_id, "cmd_id": cmd_id, "ok": ok, "error": error}
-
-
-def alert(*, event_id: str, code: str, detail: str, slot: int | None = None) -> dict:
-    """`slot` is optional in the contract: left out of the payload when None."""
-    _need(is_ident(event_id), "event_id must be an identifier")
-    _need(isinstance(code, str) and re.fullmatch(r"[a-z][a-z0-9_]{0,63}", code),
-          "code must be a lower-case word such as 'jam'")
-    _need(isinstance(detail, str) and detail.strip(), "detail must be a human sentence")
-    _need(slot is None or SLOT[0](slot), "slot must be an integer >= 1 or None")
-    out = {"event_id": event_id, "code": code, "detail": detail}
-    if slot is not None:
-        out["slot"] = slot
-    return out
-
-
-def status(*, state: str, version: str, started: int) -> dict:
-    _need(state in STATUS_STATES, f"state must be one of {', '.join(STATUS_STATES)}")
-    _need(isinstance(version, str) and version, "version must be a non-empty string")
-    _need(UNIX[0](started), "started must be Unix seconds as an integer")
-    return {"state": state, "version": version, "started": started}
-
-
-def telemetry(*, temp: int | None, door: str | None, link: str,
-              stock: dict[int | str, int | None], uptime: int) -> dict:
-    """temp (deci-degC) and door are None while the board cannot be read."""
-    _need(temp is None or type(temp) is int, "temp must be an integer (deci-degC) or None")
-    _need(door in ("open", "closed", None), "door must be 'open', 'closed' or None")
-    _need(link in ("up", "down"), "link must be 'up' or 'down'")
-    _need(isinstance(stock, dict), "stock must be a dict {slot: count or None}")
-    out_stock: dict[str, int | None] = {}
-    for slot, count in stock.items():
-        name = str(slot) if type(slot) is int else slot
-        _need(isinstance(name, str) and SLOT_KEY_RE.fullmatch(name), "stock keys must be slots")
-        _need(count is None or AMOUNT[0](count), "stock counts must be integers >= 0 or None")
-        out_stock[name] = count
-    _need(UNIX[0](uptime), "uptime must be seconds as an integer >= 0")
-    return {"temp": temp, "door": door, "link": link, "stock": out_stock, "uptime": uptime}
-
-
-# Cloud-side payloads, for the cloud double and tests.
-def payment_fields(*, order_id: str, amount: int, currency: str, provider: str, txn_id: str,
-                   payer: str | None = None, promo: str | None = None) -> dict:
-    out = {"order_id": order_id, "amount": amount, "currency": currency, "provider": provider,
-           "txn_id": txn_id}
-    out.update({k: v for k, v in (("payer", payer), ("promo", promo)) if v is not None})
-    return out
-
-
-def command_fields(*, cmd_id: str, name: str, args: dict, expires: int) -> dict:
-    return {"cmd_id": cmd_id, "name": name, "args": args, "expires": expires}
-
-
-def ack_fields(*, event_id: str) -> dict:
-    return {"event_id": event_id}

@@ -48,7 +48,8 @@ class _Shown:
     mono: float            # time.monotonic() at show(): lets us tell the page the daemon's "now"
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: the only places the kiosk page may be served."""
     if host == "localhost":
         return True
     try:
@@ -60,7 +61,7 @@ def _is_loopback(host: str) -> bool:
 class KioskServer:
     def __init__(self, host: str, port: int, on_input: Callable[[object], None], *,
                  lang: str = "zh") -> None:
-        if not isinstance(host, str) or not _is_loopback(host):
+        if not isinstance(host, str) or not is_loopback(host):
             raise ValueError(f"kiosk host must be a loopback address (127.0.0.1, ::1 or "
                              f"localhost), got {host!r}: the page can start a sale, so it is "
                              f"never served off the machine")

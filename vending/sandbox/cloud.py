@@ -4,8 +4,9 @@ commands. Used by end-to-end tests, the demo and the chaos soak, so it is also a
 the API can be switched down, refusing, slow or lying, and acks can be withheld.
 
 All mutable state sits in this object behind one lock, so any number of clouds can run in one
-process. Network callbacks (HTTP handler threads in paypage.py, the paho thread) only call
-methods here.
+process. Network callbacks (HTTP handler threads in cloud_http.py, the paho thread) only call
+methods here. The chaos knobs, the test drivers (pay, forgeries, commands) and the readouts are
+in cloud_controls.py, which this class inherits.
 """
 from __future__ import annotations
 
@@ -24,18 +25,17 @@ from typing import Any, Callable
 import paho.mqtt.client as mqtt
 
 from vending import signing
-from vending.sandbox import paypage
+from vending.sandbox import cloud_http
+from vending.sandbox.cloud_controls import (  # noqa: F401 - the tuples are re-exported
+    ACK_POLICIES, API_MODES, PAYMENT_FORGERIES, CloudControls, mqtt_bytes)
 
 log = logging.getLogger(__name__)
 
 TIMESTAMP_WINDOW_S = 300
-API_MODES = ("ok", "down", "refuse", "slow", "bad_sig", "wrong_amount")
-ACK_POLICIES = ("all", "none", "withhold_first")
-PAYMENT_FORGERIES = ("bad_sig", "wrong_machine", "malformed", "not_json")
 _ID_OK = re.compile(r"[A-Za-z0-9_-]{1,64}").fullmatch
 
 
-class SandboxCloud:
+class SandboxCloud(CloudControls):
     def __init__(
         self, machine_id: str, key: bytes, *, mqtt_host: str = "127.0.0.1", mqtt_port: int,
         http_host: str = "127.0.0.1", http_port: int = 0, order_ttl: int = 120,
@@ -58,7 +58,7 @@ class SandboxCloud:
         self._running = False
         self._subscribed = threading.Event()
         self._http_lock = threading.Lock()  # opening and closing the listener, nothing else
-        self._server: paypage.Server | None = None
+        self._server: cloud_http.Server | None = None
         self._server_thread: threading.Thread | None = None
         # --- everything below is guarded by self._lock ---
         self._orders: dict[str, dict] = {}
@@ -127,7 +127,7 @@ class SandboxCloud:
     @property
     def base_url(self) -> str:
         """Orders API root; it has a path prefix so clients must sign it as part of the target."""
-        return self.pay_base_url + paypage.API_PREFIX
+        return self.pay_base_url + cloud_http.API_PREFIX
 
     @property
     def mqtt_connected(self) -> bool:
@@ -138,7 +138,7 @@ class SandboxCloud:
             if self._server is not None:
                 return
             # the second time round (after "refuse") the same port is reused: URLs stay valid
-            self._server = paypage.Server(self._http_addr, self)
+            self._server = cloud_http.Server(self._http_addr, self)
             self._http_addr = (self._http_addr[0], self._server.server_address[1])
             self._server_thread = threading.Thread(
                 target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -154,48 +154,7 @@ class SandboxCloud:
                 if self._server_thread is not None:
                     self._server_thread.join(5)
 
-    # --- chaos controls -----------------------------------------------------------------------
-
-    def set_api_mode(self, mode: str, *, requests: int | None = None,
-                     delay: float | None = None) -> None:
-        """How the orders API behaves: ok, down (503), refuse (listener closed), slow (answers
-        after `delay` s, default `slow_delay`), bad_sig (order sig wrong), wrong_amount (order
-        correctly signed for amount+1). With `requests`, the mode lasts that many API requests
-        and then reverts to ok. Pay pages are affected only by "refuse" (same listener)."""
-        if mode not in API_MODES:
-            raise ValueError(f"api mode must be one of {API_MODES}, got {mode!r}")
-        if mode == "refuse" and requests is not None:
-            raise ValueError("api mode 'refuse' closes the listener, so it cannot count requests")
-        if requests is not None and requests < 1:
-            raise ValueError(f"requests must be >= 1, got {requests}")
-        with self._lock:
-            self._api_mode, self._api_mode_left = mode, requests
-            if delay is not None:
-                self.slow_delay = delay
-        if mode == "refuse":
-            self._close_http()
-        elif self._running:
-            self._open_http()
-
-    def set_ack_policy(self, policy: str, n: int = 0) -> None:
-        """all: ack every event delivery; none: ack nothing; withhold_first: ignore the next `n`
-        event deliveries, then ack all."""
-        if policy not in ACK_POLICIES:
-            raise ValueError(f"ack policy must be one of {ACK_POLICIES}, got {policy!r}")
-        with self._lock:
-            self._ack_policy, self._ack_withhold_left = policy, n
-
-    # --- orders API (the HTTP side, paypage.py, calls these) ---------------------------------
-
-    def take_api_mode(self) -> str:
-        """The mode for one API request, counting it against a `requests` limit."""
-        with self._lock:
-            mode = self._api_mode
-            if self._api_mode_left is not None:
-                self._api_mode_left -= 1
-                if self._api_mode_left <= 0:
-                    self._api_mode, self._api_mode_left = "ok", None
-            return mode
+    # --- orders API (the HTTP side, cloud_http.py, calls these) -------------------------------
 
     def record_api(self, entry: dict) -> None:
         with self._lock:
@@ -270,7 +229,7 @@ class SandboxCloud:
             return "expired"
         return rec["state"]
 
-    # --- pay pages (called by paypage.py) ----------------------------------------------------
+    # --- pay pages (called by cloud_http.py) --------------------------------------------------
 
     def order(self, order_id: str) -> dict | None:
         """A snapshot of one order, its state brought up to date, or None."""
@@ -338,26 +297,6 @@ class SandboxCloud:
             payload["payer"] = payer
         return signing.sign_payload(self._key, payload)
 
-    def pay(self, order_id: str, provider: str = "wechat", txn_id: str | None = None,
-            amount: int | None = None, currency: str | None = None, **extra: Any) -> dict:
-        """Pay as the provider would, bypassing the page's checks: paying a paid order again
-        makes a duplicate (new txn_id) or a redelivery (same txn_id); amount/currency override
-        the order's (a mismatch). An unknown order needs amount and currency."""
-        with self._lock:
-            rec = self._orders.get(order_id)
-            if rec is not None and rec["amount"] is None:
-                rec = None  # a tombstone: nothing known about the order but its id
-            if rec is None and (amount is None or currency is None):
-                raise ValueError(f"pay: unknown order {order_id!r} needs amount and currency")
-            message = self.build_payment(
-                order_id, rec["amount"] if amount is None else amount,
-                rec["currency"] if currency is None else currency,
-                provider=provider, txn_id=txn_id, **extra)
-            if rec is not None and rec["state"] != "paid":
-                self._mark_paid(rec, message)
-        self.publish_payment(message)
-        return message
-
     def publish_payment(self, message: dict | bytes) -> None:
         """Publish a payment as is (QoS 1) and record it; paho queues it while disconnected."""
         with self._lock:  # recorded first, so whoever receives it also finds it recorded
@@ -366,48 +305,9 @@ class SandboxCloud:
             self._changed.notify_all()
         self._publish("payments", message)
 
-    def forge_payment(self, order_id: str, kind: str, **fields: Any) -> bytes:
-        """Publish an inauthentic payment: bad_sig (signed with another key), wrong_machine
-        (another machine_id, our key), malformed (authentic but amount is a float) or not_json.
-        Returns the bytes published."""
-        if kind not in PAYMENT_FORGERIES:
-            raise ValueError(f"forgery must be one of {PAYMENT_FORGERIES}, got {kind!r}")
-        rec = self.order(order_id) or {}
-        payload = self.build_payment(order_id, fields.pop("amount", rec.get("amount") or 100),
-                                     fields.pop("currency", rec.get("currency") or "CNY"),
-                                     **fields)
-        if kind == "bad_sig":
-            payload = signing.sign_payload(hashlib.sha256(b"forger" + self._key).digest(), payload)
-        elif kind == "wrong_machine":
-            payload = signing.sign_payload(self._key, {**payload, "machine_id": "VM-NOT-" +
-                                                       self.machine_id[:50]})
-        elif kind == "malformed":
-            payload = signing.sign_payload(self._key, {**payload,
-                                                       "amount": payload["amount"] / 100})
-        raw = b'{"v":1,"type":"payment","order_id":' if kind == "not_json" else _dumps(payload)
-        self.publish_payment(raw)
-        return raw
-
-    def send_command(self, name: str, args: dict | None = None, cmd_id: str | None = None,
-                     expires: int | None = None, ts: int | None = None) -> dict:
-        now = int(self.clock())
-        ts = now if ts is None else ts
-        message = signing.sign_payload(self._key, {
-            "v": 1, "type": "command", "machine_id": self.machine_id, "ts": ts,
-            "cmd_id": cmd_id or f"c-{secrets.token_hex(8)}", "name": name, "args": args or {},
-            "expires": ts + 300 if expires is None else expires})
-        with self._lock:
-            self._commands.append(copy.deepcopy(message))
-        self._publish("commands", message)
-        return message
-
-    def publish_raw(self, subtopic: str, payload: dict | bytes, qos: int = 1,
-                    retain: bool = False) -> None:
-        self._publish(subtopic, payload, qos, retain)
-
     def _publish(self, subtopic: str, payload: dict | bytes, qos: int = 1,
                  retain: bool = False) -> None:
-        data = payload if isinstance(payload, bytes) else _dumps(payload)
+        data = payload if isinstance(payload, bytes) else mqtt_bytes(payload)
         self._mqtt.publish(self._topic + subtopic, data, qos=qos, retain=retain)
 
     # --- MQTT in ------------------------------------------------------------------------------
@@ -445,13 +345,7 @@ class SandboxCloud:
                 self._rejected.append({"topic": kind, "raw": raw, "problem": problem})
             elif kind == "events":
                 self._events.setdefault(payload["event_id"], payload)
-                if self._ack_policy == "all":
-                    ack = payload["event_id"]
-                elif self._ack_policy == "withhold_first":
-                    if self._ack_withhold_left > 0:
-                        self._ack_withhold_left -= 1
-                    else:
-                        ack = payload["event_id"]
+                ack = payload["event_id"] if self._take_ack() else None
             elif kind == "status":
                 self._status.append(payload)
             elif kind == "telemetry":
@@ -467,66 +361,6 @@ class SandboxCloud:
             self._publish("acks", signing.sign_payload(self._key, {
                 "v": 1, "type": "ack", "machine_id": self.machine_id,
                 "ts": int(self.clock()), "event_id": ack}))
-
-    # --- records ------------------------------------------------------------------------------
-
-    def _snapshot(self, items: Any) -> list:
-        with self._lock:
-            return copy.deepcopy(list(items))
-
-    def orders(self) -> list[dict]:
-        with self._lock:
-            return [{**copy.deepcopy(r), "state": self._state_of(r)} for r in self._orders.values()]
-
-    def payments(self) -> list[dict]:
-        return self._snapshot(self._payments)
-
-    def commands(self) -> list[dict]:
-        return self._snapshot(self._commands)
-
-    def events(self, type: str | None = None) -> list[dict]:
-        """Distinct events (first delivery of each event_id), in arrival order."""
-        with self._lock:
-            return copy.deepcopy([e for e in self._events.values()
-                                  if type is None or e.get("type") == type])
-
-    def deliveries(self) -> list[dict]:
-        """Every message received on events and status (and any rejected one), in order,
-        duplicates included."""
-        return self._snapshot(self._deliveries)
-
-    def acked_event_ids(self) -> list[str]:
-        return self._snapshot(self._acked)
-
-    def rejected(self) -> list[dict]:
-        return self._snapshot(self._rejected)
-
-    def status_history(self) -> list[dict]:
-        return self._snapshot(self._status)
-
-    def telemetry(self) -> list[dict]:
-        return self._snapshot(self._telemetry)
-
-    def api_requests(self) -> list[dict]:
-        return self._snapshot(self._api_log)
-
-    def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
-        """Wait until predicate() is truthy and return its value, or return the last falsy value
-        after `timeout` (a hang guard, not a measurement). Wakes on every change recorded here
-        and polls besides, so predicates about other objects work too."""
-        deadline = time.monotonic() + timeout
-        while True:
-            # evaluated outside the lock: a predicate may well take other objects' locks
-            value = predicate()
-            remaining = deadline - time.monotonic()
-            if value or remaining <= 0:
-                return value
-            with self._changed:
-                self._changed.wait(min(remaining, 0.05))
-
-
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _offline_record(order_id: str, f: dict | None, state: str, url: str | None = None) -> dict:
