@@ -236,11 +236,28 @@ class HostLink:
         return replies.parse_test(self.request("TEST", slot=slot))
 
     def vend(self, vend_id: str, slot: int, *, boot: int | None = None) -> VendState:
+        """VEND, resent only after STATUS shows the board still on the boot it was sent to.
+
+        A board that remembers the id answers a resend with the dispense's state, so a resend
+        on the same boot is safe. After a reboot it is not: the old board may have started
+        the motor before its reply was lost, and the new one would start it again. Then this
+        raises LinkDown ("outcome unknown") and the daemon settles it with VSTAT."""
         if boot is not None:
             self.status()  # notices a reboot since the caller last looked
             if self.boot != boot:
                 raise BoardRebootedError(boot, self.boot)
-        return replies.parse_vend(self.request("VEND", id=vend_id, slot=slot))
+        self.ensure_up()
+        sent_on = self.boot
+        attempts = 1 + self._requester.max_retransmits
+        for _ in range(attempts):
+            frame = self._exchange("VEND", {"id": vend_id, "slot": slot})
+            if frame is not None:
+                return replies.parse_vend(replies.check_ok(frame))
+            self.status()  # LinkDown if the board is gone: the daemon settles it with VSTAT
+            if self.boot != sent_on:
+                raise LinkDown(f"no reply to VEND {vend_id} and the board rebooted "
+                               f"(boot {sent_on} -> {self.boot}): its outcome is unknown")
+        raise self._fail(f"no reply to VEND {vend_id} after {attempts} attempts")
 
     def vstat(self, vend_id: str, *, boot: int | None = None) -> VendState:
         state = replies.parse_vstat(self.request("VSTAT", id=vend_id))

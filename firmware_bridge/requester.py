@@ -13,6 +13,9 @@ Rules it keeps:
   without acting again) up to ``max_retransmits`` times, then the request gives up;
 * RESET is never resent: the rebooted board has forgotten it, so a resend would reset
   it twice.  The caller confirms a reset with HELLO instead;
+* VEND is never resent blindly either: if the board rebooted after acting on it (motor
+  started, reply lost), the new board has forgotten the id and would dispense again.  The
+  caller checks the boot with STATUS and only then sends the VEND again (HostLink.vend);
 * a reply whose seq is not the awaited one, or that arrives when nothing is awaited, is
   stale and discarded.
 """
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 from firmware_bridge import vlp
 
 DEFAULT_RETRANSMITS = 5
-NEVER_RESENT = frozenset({"RESET"})
+NEVER_RESENT = frozenset({"RESET", "VEND"})
 
 
 def default_reply_timeout(baud: int) -> float:

@@ -168,13 +168,13 @@ def test_a_corrupt_reply_is_dropped_and_the_identical_line_resent(peer_factory):
 
 
 def test_silence_means_six_identical_sends_then_link_down(peer_factory):
-    peer = peer_factory(board_like(lambda f: [] if f.verb == "VEND" else None))
+    peer = peer_factory(board_like(lambda f: [] if f.verb == "VSTAT" else None))
     link = link_to(peer.path, reply_timeout=0.03)
     link.take_notices()
     with pytest.raises(LinkDown, match="after 6 sends"):
-        link.vend("v1", 3)
-    vends = [raw for raw in peer.received if b"VEND" in raw]
-    assert len(vends) == 6 and len(set(vends)) == 1
+        link.vstat("v1")
+    sent = [raw for raw in peer.received if b"VSTAT" in raw]
+    assert len(sent) == 6 and len(set(sent)) == 1
     assert link.state is LinkState.DOWN
     assert [type(n) for n in link.take_notices()] == [LinkDown]
     # While the backoff runs, calls fail at once and write nothing.
@@ -182,6 +182,37 @@ def test_silence_means_six_identical_sends_then_link_down(peer_factory):
     with pytest.raises(LinkDown, match="next attempt"):
         link.status()
     assert len(peer.received) == before
+    link.close()
+
+
+def test_an_unanswered_vend_is_resent_only_after_status_shows_the_same_boot(peer_factory):
+    peer = peer_factory(board_like(lambda f: [] if f.verb == "VEND" else None))
+    link = link_to(peer.path, reply_timeout=0.03)
+    with pytest.raises(LinkDown, match="after 6 attempts"):
+        link.vend("v1", 3)
+    verbs = [vlp.decode(raw).verb for raw in peer.received if b"VEND" in raw or b"STATUS" in raw]
+    assert verbs == ["VEND", "STATUS"] * 6
+    link.close()
+
+
+def test_an_unanswered_vend_is_never_resent_across_a_reboot(peer_factory):
+    boot = [77]
+
+    def rebooting(f):
+        if f.verb == "VEND":
+            boot[0] = 78          # the motor started, the reply is lost, the board reboots
+            return []
+        if f.verb == "STATUS":
+            return [ok(f.seq, ("boot", boot[0]), ("state", "idle"), ("door", "closed"), ("temp", 41))]
+        if f.verb == "HELLO":
+            return [ok(f.seq, *hello_args(boot[0]))]
+        return None
+
+    peer = peer_factory(board_like(rebooting))
+    link = link_to(peer.path, reply_timeout=0.03)
+    with pytest.raises(LinkDown, match="outcome is unknown"):
+        link.vend("v1", 3)
+    assert sum(1 for raw in peer.received if b"VEND" in raw) == 1
     link.close()
 
 

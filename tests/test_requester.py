@@ -74,7 +74,8 @@ def test_nothing_can_be_sent_before_open():
 def test_send_writes_the_encoded_line_and_arms_the_deadline():
     r = opened(42)
     w = r.send("VEND", {"id": "v1a2b3c4d", "slot": 3}, now=10.0)
-    assert w == Write(b"42 VEND id=v1a2b3c4d slot=3*C9B6\n", 42, "VEND", 0, 5)
+    # VEND is resent by HostLink only after a boot check, never by the queue itself.
+    assert w == Write(b"42 VEND id=v1a2b3c4d slot=3*C9B6\n", 42, "VEND", 0, 0)
     assert w.note == ""
     assert r.phase is Phase.AWAITING
     assert r.deadline == pytest.approx(10.0 + T)
@@ -182,9 +183,16 @@ def test_nothing_to_do_before_the_deadline():
     assert r.phase is Phase.AWAITING
 
 
+def test_vend_is_never_resent_by_the_queue():
+    r = opened(9)
+    r.send("VEND", {"id": "abc", "slot": 2}, now=0.0)
+    action = r.poll(r.deadline)
+    assert isinstance(action, GaveUp) and action.attempts == 1
+
+
 def test_timeout_resends_the_identical_line_five_times_then_gives_up():
     r = opened(9)
-    first = r.send("VEND", {"id": "abc", "slot": 2}, now=0.0)
+    first = r.send("VSTAT", {"id": "abc"}, now=0.0)
     now, writes = 0.0, []
     while True:
         now = r.deadline
