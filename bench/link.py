@@ -23,8 +23,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import serial  # noqa: E402
+
+from _stats import ms, p50_p99, ratio, times  # noqa: E402
 
 from firmware_bridge import vlp  # noqa: E402
 from firmware_bridge.board import Board  # noqa: E402
@@ -32,11 +35,6 @@ from firmware_bridge.emulator import Emulator  # noqa: E402
 from firmware_bridge.link import HostLink  # noqa: E402
 from firmware_bridge.requester import default_reply_timeout  # noqa: E402
 from firmware_bridge.trace import TraceRecorder  # noqa: E402
-
-
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def raw_round_trips(path: str, lines: Callable[[int], bytes], n: int) -> list[float]:
@@ -117,10 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'request':8} {'raw p50':>9} {'raw p99':>9} {'link p50':>9} {'link p99':>9} "
           f"{'ratio p50':>9} {'ratio p99':>9}")
     for verb in raw:
-        r50, r99 = pct(raw[verb], 0.50), pct(raw[verb], 0.99)
-        l50, l99 = pct(via[verb], 0.50), pct(via[verb], 0.99)
-        print(f"{verb:8} {r50 * 1e3:8.3f}ms {r99 * 1e3:8.3f}ms {l50 * 1e3:8.3f}ms {l99 * 1e3:8.3f}ms "
-              f"{l50 / r50:8.2f}x {l99 / r99:8.2f}x")
+        r50, r99 = p50_p99(raw[verb])
+        l50, l99 = p50_p99(via[verb])
+        print(f"{verb:8} {ms(r50)} {ms(r99)} {ms(l50)} {ms(l99)} "
+              f"{times(ratio(l50, r50))} {times(ratio(l99, r99))}")
 
     print("\nwire-time model (8N1, 10 bits a byte), from the lines actually exchanged:")
     print(f"{'request':8} {'tx bytes':>9} {'rx bytes':>9} {'9600 baud':>10} {'115200':>9}")
