@@ -135,6 +135,7 @@ class Mosquitto:
             "user root" if os.geteuid() == 0 else "",
             f"listener {self.port} 127.0.0.1",
             f"persistence {'true' if self.persistence else 'false'}",
+            "set_tcp_nodelay true",
             f"persistence_location {self.data_dir}/",
             f"autosave_interval {self.autosave_interval}",
             # Offline persistent sessions must keep every queued payment, not just 100.

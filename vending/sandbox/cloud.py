@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
 
+from vending.mqtt import no_delay
 from vending import signing
 from vending.sandbox import cloud_http
 from vending.sandbox.cloud_controls import (  # noqa: F401 - the tuples are re-exported
@@ -317,6 +318,7 @@ class SandboxCloud(CloudControls):
         if reason.is_failure:
             log.warning("sandbox cloud: MQTT connect refused: %s", reason)
             return
+        no_delay(client)
         client.subscribe([(self._topic + "events", 1), (self._topic + "status", 1),
                           (self._topic + "telemetry", 0)])
 
