@@ -65,6 +65,28 @@ def free_port() -> int:
             return port
 
 
+def spawn_listening(argv: list[str], log_path: Path, host: str, port: int, timeout: float,
+                    name: str, log_tail) -> subprocess.Popen:
+    """Start a broker process logging to log_path; return once it accepts TCP on host:port,
+    or kill it and raise BrokerError with the log's tail."""
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise BrokerError(f"{name} exited with {proc.returncode} at start:\n{log_tail()}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return proc
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait(5)
+                raise BrokerError(f"{name} did not listen on {host}:{port} within {timeout}s:\n"
+                                  f"{log_tail()}") from None
+            time.sleep(0.02)
+
+
 class Mosquitto:
     """One mosquitto process bound to 127.0.0.1:<port>, with its own config and data dir.
 
@@ -185,27 +207,10 @@ class Mosquitto:
         """Start (again) on the same port with the same data dir; return once it accepts TCP."""
         if self.running:
             return self
-        log = open(self.log_path, "ab")
-        try:
-            self._proc = subprocess.Popen([self.binary, "-c", str(self.conf_path)],
-                                          stdout=log, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL)
-        finally:
-            log.close()
-        deadline = time.monotonic() + self.start_timeout
-        while True:
-            if self._proc.poll() is not None:
-                raise BrokerError(f"mosquitto exited with {self._proc.returncode} at start:\n"
-                                  f"{self.log_tail()}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.5):
-                    return self
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.kill()
-                    raise BrokerError(f"mosquitto did not listen on {self.host}:{self.port} "
-                                      f"within {self.start_timeout}s:\n{self.log_tail()}")
-                time.sleep(0.02)
+        self._proc = spawn_listening([self.binary, "-c", str(self.conf_path)], self.log_path,
+                                     self.host, self.port, self.start_timeout, "mosquitto",
+                                     self.log_tail)
+        return self
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM: mosquitto writes its persistence file, then exits (a clean shutdown)."""

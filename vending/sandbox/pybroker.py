@@ -18,14 +18,12 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from vending.sandbox.broker import BrokerError, BrokerUnavailable, free_port
+from vending.sandbox.broker import BrokerUnavailable, free_port, spawn_listening
 
 
 def available() -> bool:
@@ -65,27 +63,10 @@ class PyBroker:
     def start(self) -> "PyBroker":
         if self.running:
             return self
-        log = open(self.log_path, "ab")
-        try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "vending.sandbox.pybroker", "--port", str(self.port)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        finally:
-            log.close()
-        deadline = time.monotonic() + self.start_timeout
-        while True:
-            if self._proc.poll() is not None:
-                raise BrokerError(f"amqtt exited with {self._proc.returncode} at start:\n"
-                                  f"{self.log_tail()}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.5):
-                    return self
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.kill()
-                    raise BrokerError(f"amqtt did not listen on {self.host}:{self.port} within "
-                                      f"{self.start_timeout}s:\n{self.log_tail()}") from None
-                time.sleep(0.05)
+        self._proc = spawn_listening(
+            [sys.executable, "-m", "vending.sandbox.pybroker", "--port", str(self.port)],
+            self.log_path, self.host, self.port, self.start_timeout, "amqtt", self.log_tail)
+        return self
 
     def stop(self, timeout: float = 10.0) -> None:
         if self._proc is None:
