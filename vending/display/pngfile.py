@@ -22,7 +22,7 @@ from types import MappingProxyType
 from PIL import Image, ImageDraw, ImageFont
 
 from vending.display.view import Screen, View, format_money, view_to_json
-from vending.display.worker import LatestViewWorker
+from vending.display.worker import LatestViewWorker, WorkerDisplay
 
 _STATUS = MappingProxyType({
     Screen.GRID: "Choose a product",
@@ -34,7 +34,7 @@ _STATUS = MappingProxyType({
 })
 
 
-class PngDisplay:
+class PngDisplay(WorkerDisplay):
     def __init__(self, path: str | os.PathLike, *, size_px: int = 480) -> None:
         path = Path(path)
         if path.suffix.lower() == ".json":
@@ -48,21 +48,6 @@ class PngDisplay:
         self.size_px = size_px
         self._worker = LatestViewWorker(self._render, "display-png")
         self._last_key: object = None       # touched by the worker thread only
-
-    def start(self) -> None:
-        self._worker.start()
-
-    def stop(self) -> None:
-        self._worker.stop()
-
-    def show(self, view: View) -> None:
-        if not isinstance(view, View):
-            raise TypeError(f"show() takes a View, got {type(view).__name__}")
-        self._worker.submit(view)
-
-    def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until the newest view is on disk (tests, shutdown)."""
-        return self._worker.flush(timeout)
 
     def _render(self, view: View) -> None:
         data = view_to_json(view)

@@ -12,7 +12,7 @@ from types import MappingProxyType
 from typing import TextIO
 
 from vending.display.view import Screen, View, format_money, view_to_json
-from vending.display.worker import LatestViewWorker
+from vending.display.worker import LatestViewWorker, WorkerDisplay
 
 REFUND_TEXT = MappingProxyType({
     "jam": "The product got stuck.",
@@ -27,7 +27,7 @@ REFUND_TEXT = MappingProxyType({
 })
 
 
-class TerminalDisplay:
+class TerminalDisplay(WorkerDisplay):
     def __init__(self, stream: TextIO | None = None, *, invert: bool = False) -> None:
         """`invert=False` suits the usual light-on-dark terminal; True a dark-on-light one
         (see vending.qr.to_terminal)."""
@@ -35,21 +35,6 @@ class TerminalDisplay:
         self._invert = bool(invert)
         self._worker = LatestViewWorker(self._render, "display-terminal")
         self._last_key: object = None          # touched by the worker thread only
-
-    def start(self) -> None:
-        self._worker.start()
-
-    def stop(self) -> None:
-        self._worker.stop()
-
-    def show(self, view: View) -> None:
-        if not isinstance(view, View):
-            raise TypeError(f"show() takes a View, got {type(view).__name__}")
-        self._worker.submit(view)
-
-    def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until the newest view is on the terminal (tests, shutdown)."""
-        return self._worker.flush(timeout)
 
     def _render(self, view: View) -> None:
         key = content_key(view)

@@ -76,3 +76,28 @@ class LatestViewWorker:
                 self._render(view)
             except Exception:               # a broken sink must not take the controller down
                 log.exception("%s: rendering view seq=%s failed", self._name, view.seq)
+
+
+class WorkerDisplay:
+    """Base of the displays that render off the owner thread: `show` only hands the view over.
+    Subclasses set `self._worker = LatestViewWorker(self._render, name)` and write `_render`."""
+
+    _worker: LatestViewWorker
+
+    def start(self) -> None:
+        self._worker.start()
+
+    def stop(self) -> None:
+        self._worker.stop()
+
+    def show(self, view: View) -> None:
+        if not isinstance(view, View):
+            raise TypeError(f"show() takes a View, got {type(view).__name__}")
+        self._worker.submit(view)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until the newest view is drawn (tests, shutdown)."""
+        return self._worker.flush(timeout)
+
+    def _render(self, view: View) -> None:
+        raise NotImplementedError
