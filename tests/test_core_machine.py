@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 
 from tests.core_helpers import (BOOT, CUR, PRICES, A, E, Phase, Rig, Screen,
                                 actions_of, command, idle_rig, make_settings, order_created,
-                                payment, summary, to_awaiting, to_cancelling, to_dispensing,
+                                payment, published, summary, to_awaiting, to_cancelling, to_dispensing,
                                 to_ordering, to_paid_elsewhere, to_reporting)
 from vending.core.machine import GLOBAL_HANDLERS, SESSION_TABLE
 
@@ -358,7 +358,8 @@ def test_table_covers_every_session_row_and_every_global_handler():
     assert not missing, f"SESSION_TABLE rows not covered: {missing}"
     seen_types = {t for _, t in covered}
     untested = {E.SlotsSeen, E.BoardFault, E.CommandIn, E.CommandRejectedIn, E.AckIn,
-                E.MqttUp, E.MqttDown, E.PaymentRejectedIn}   # tested below / in test_core_commands
+                E.MqttUp, E.MqttDown, E.PaymentRejectedIn,
+                E.ClockSkew}   # tested below / in test_core_commands
     missing_g = [t.__name__ for t in GLOBAL_HANDLERS if t not in seen_types | untested]
     assert not missing_g, f"global handlers not covered: {missing_g}"
 
@@ -379,6 +380,15 @@ def test_slots_seen_updates_grid_and_all_empty_is_out_of_service():
     assert (prods[1].reason, prods[2].reason, prods[3].available) == ("sold_out", "disabled", True)
     r.feed(E.SlotsSeen(frozenset({1, 2, 3}), frozenset()))
     assert (r.screen, r.view.reason) == (Screen.OUT_OF_SERVICE, "no_products")
+
+
+def test_clock_skew_alerts_once_and_again_only_when_it_moves_a_minute():
+    r = idle_rig()
+    assert summary(r.feed(E.ClockSkew(-300.0))) == ALERT
+    assert summary(r.feed(E.ClockSkew(-310.0))) == []
+    out = r.feed(E.ClockSkew(-400.0))
+    assert summary(out) == ALERT
+    assert published(out, "alert")[0]["code"] == "clock_offset"
 
 
 def test_fault_alerts_and_ack_persists_only_fresh_acks():

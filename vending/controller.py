@@ -128,7 +128,8 @@ class Controller:
             return [E.CancelPressed()]
         if isinstance(item, orders_adapter.FetchedPayment):
             return [self._payment_event(item.message, token=None)]
-        if isinstance(item, (E.OrderCreated, E.OrderFailed, E.CancelAnswered, E.OrderFetched)):
+        if isinstance(item, (E.OrderCreated, E.OrderFailed, E.CancelAnswered, E.OrderFetched,
+                             E.ClockSkew)):
             return [item]
         return self._board_tr.translate(item)
 

@@ -16,6 +16,8 @@ from vending.core import events as E
 
 log = logging.getLogger("vending.orders")
 
+CLOCK_SKEW_ALERT_S = 60   # contract §2: log any offset above 60 s
+
 
 @dataclass(frozen=True)
 class FetchedPayment:
@@ -59,6 +61,9 @@ class OrdersWorker:
             self._post(self._call(a))
         except Exception:  # a bug here must not kill the pool thread silently
             log.exception("orders call failed unexpectedly: %s", type(a).__name__)
+        offset = self._client.clock_offset if self._client is not None else None
+        if offset is not None and abs(offset) > CLOCK_SKEW_ALERT_S:
+            self._post(E.ClockSkew(offset))   # the core decides whether it is news
 
     def _call(self, a: object) -> object:
         c = self._client

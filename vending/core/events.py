@@ -174,6 +174,12 @@ class MqttDown:
 
 
 @dataclass(frozen=True)
+class ClockSkew:
+    """The orders API's Date header says our clock is off by this many seconds (> 60)."""
+    offset: float
+
+
+@dataclass(frozen=True)
 class Tick:
     pass
 

@@ -38,6 +38,7 @@ class Machine:
         self._seq = 0
         self._shown: tuple | None = None
         self._status: str | None = None
+        self._skew_alerted: float | None = None
         self._next_telemetry = now
 
     # ---- restore after a restart -------------------------------------------------------
@@ -279,6 +280,14 @@ class Machine:
     def _on_mqtt_down(self, ev: E.MqttDown, now: float, out: list) -> None:
         self.mqtt_up = False
 
+    def _on_clock_skew(self, ev: E.ClockSkew, now: float, out: list) -> None:
+        # Once, and again only when it moves by another minute: not an alert per request.
+        last = self._skew_alerted
+        if last is None or abs(ev.offset - last) > 60:
+            self._skew_alerted = ev.offset
+            self._alert(out, "clock_offset", f"The machine's clock is {ev.offset:+.0f} s off the "
+                        "orders API's; check the time source (no battery-backed clock?).")
+
     def _on_shutdown(self, ev: E.Shutdown, now: float, out: list) -> None:
         self.stopping = True
         self._cancel_session(now, out, "shutdown")
@@ -368,5 +377,6 @@ GLOBAL_HANDLERS = {
     E.MqttUp: Machine._on_mqtt_up,
     E.MqttDown: Machine._on_mqtt_down,
     E.Shutdown: Machine._on_shutdown,
+    E.ClockSkew: Machine._on_clock_skew,
     E.Tick: Machine._on_tick,
 }
