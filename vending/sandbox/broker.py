@@ -87,7 +87,90 @@ def spawn_listening(argv: list[str], log_path: Path, host: str, port: int, timeo
             time.sleep(0.02)
 
 
-class Mosquitto:
+class BrokerProcess:
+    """The lifecycle every sandbox broker shares: one child process on 127.0.0.1:<port> that
+    logs to `log_path`. Subclasses say how to launch it (`_argv`) and set `name`, `dir`,
+    `_own_dir`, `host`, `port`, `tls`, `start_timeout` and `log_path` in their __init__."""
+
+    name = "broker"
+    dir: Path
+    log_path: Path
+    host: str
+    port: int
+    tls: bool
+    start_timeout: float
+    _own_dir: bool
+    _proc: subprocess.Popen[bytes] | None = None
+
+    def _argv(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self):
+        """Start (again) on the same port with the same data dir; return once it accepts TCP."""
+        if self.running:
+            return self
+        self._proc = spawn_listening(self._argv(), self.log_path, self.host, self.port,
+                                     self.start_timeout, self.name, self.log_tail)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM: a clean shutdown (mosquitto writes its persistence file first)."""
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGCONT)  # a paused broker cannot act on SIGTERM
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+
+    def kill(self) -> None:
+        """SIGKILL, like a power cut: whatever was not saved yet is lost."""
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.kill()  # SIGKILL also ends a paused (SIGSTOPped) process
+            self._proc.wait()
+        self._proc = None
+
+    def restart(self):
+        self.stop()
+        return self.start()
+
+    def close(self) -> None:
+        """Kill (teardown needs no clean save) and delete the temp dir if we made it."""
+        self.kill()
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.host}:{self.port}, tls={self.tls}, running={self.running})"
+
+
+class Mosquitto(BrokerProcess):
     """One mosquitto process bound to 127.0.0.1:<port>, with its own config and data dir.
 
     `users`: user names. With TLS each gets a client certificate (CN = user, which the broker
@@ -132,7 +215,7 @@ class Mosquitto:
         self.conf_path = self.dir / "mosquitto.conf"
         self.conf_path.write_text(conf_text if conf_text is not None else self._render_conf())
         self.log_path = self.dir / "mosquitto.log"
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc = None
 
     # -- TLS material for clients -------------------------------------------------------
     @property
@@ -198,42 +281,11 @@ class Mosquitto:
                            check=True, capture_output=True, timeout=30)
         return path
 
-    # -- lifecycle ----------------------------------------------------------------------
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+    # -- lifecycle beyond BrokerProcess ----------------------------------------------------
+    name = "mosquitto"
 
-    def start(self) -> "Mosquitto":
-        """Start (again) on the same port with the same data dir; return once it accepts TCP."""
-        if self.running:
-            return self
-        self._proc = spawn_listening([self.binary, "-c", str(self.conf_path)], self.log_path,
-                                     self.host, self.port, self.start_timeout, "mosquitto",
-                                     self.log_tail)
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM: mosquitto writes its persistence file, then exits (a clean shutdown)."""
-        if self._proc is None:
-            return
-        if self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGCONT)  # a paused broker cannot act on SIGTERM
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        self._proc = None
-
-    def kill(self) -> None:
-        """SIGKILL, like a power cut: whatever was not autosaved yet is lost."""
-        if self._proc is None:
-            return
-        if self._proc.poll() is None:
-            self._proc.kill()  # SIGKILL also ends a paused (SIGSTOPped) process
-            self._proc.wait()
-        self._proc = None
+    def _argv(self) -> list[str]:
+        return [self.binary, "-c", str(self.conf_path)]
 
     def pause(self) -> None:
         """SIGSTOP: a hung broker. TCP still connects (the kernel accepts), nothing answers."""
@@ -244,16 +296,6 @@ class Mosquitto:
     def resume(self) -> None:
         if self._proc is not None:
             self._proc.send_signal(signal.SIGCONT)
-
-    def restart(self) -> "Mosquitto":
-        self.stop()
-        return self.start()
-
-    def close(self) -> None:
-        """Kill (teardown needs no clean save) and delete the temp dir if we made it."""
-        self.kill()
-        if self._own_dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
 
     def _saves(self) -> int:
         try:
@@ -270,18 +312,3 @@ class Mosquitto:
             if time.monotonic() > deadline or not self.running:
                 raise BrokerError(f"no persistence save within {timeout}s:\n{self.log_tail()}")
             time.sleep(0.05)
-
-    def log_tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no log)"
-
-    def __enter__(self) -> "Mosquitto":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"Mosquitto({self.host}:{self.port}, tls={self.tls}, running={self.running})"

@@ -1,6 +1,6 @@
 """A pure-Python MQTT broker (amqtt) for `vending demo` on machines without mosquitto.
 
-Same surface as `vending.sandbox.broker.Mosquitto` as far as `Rig` and the demo use it (host,
+Shares its lifecycle with `vending.sandbox.broker.Mosquitto` through `BrokerProcess` (host,
 port, running, start, stop, close, log_tail), so the demo can hand either one to the rig.
 
 amqtt runs in a child process (`python -m vending.sandbox.pybroker --port N`), not a thread:
@@ -16,14 +16,12 @@ import argparse
 import asyncio
 import logging
 import os
-import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from vending.sandbox.broker import BrokerUnavailable, free_port, spawn_listening
+from vending.sandbox.broker import BrokerProcess, BrokerUnavailable, free_port
 
 
 def available() -> bool:
@@ -35,8 +33,10 @@ def available() -> bool:
     return True
 
 
-class PyBroker:
+class PyBroker(BrokerProcess):
     """One amqtt broker process on 127.0.0.1:<port>, anonymous, plain TCP."""
+
+    name = "amqtt"
 
     def __init__(self, *, workdir: str | os.PathLike[str] | None = None, port: int | None = None,
                  start_timeout: float = 20.0) -> None:
@@ -50,67 +50,10 @@ class PyBroker:
         self.tls = False
         self.start_timeout = start_timeout
         self.log_path = self.dir / "amqtt.log"
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    def start(self) -> "PyBroker":
-        if self.running:
-            return self
-        self._proc = spawn_listening(
-            [sys.executable, "-m", "vending.sandbox.pybroker", "--port", str(self.port)],
-            self.log_path, self.host, self.port, self.start_timeout, "amqtt", self.log_tail)
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self._proc is None:
-            return
-        if self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
         self._proc = None
 
-    def kill(self) -> None:
-        if self._proc is None:
-            return
-        if self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
-        self._proc = None
-
-    def restart(self) -> "PyBroker":
-        self.stop()
-        return self.start()
-
-    def close(self) -> None:
-        self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-    def log_tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no log)"
-
-    def __enter__(self) -> "PyBroker":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"PyBroker({self.host}:{self.port}, running={self.running})"
+    def _argv(self) -> list[str]:
+        return [sys.executable, "-m", "vending.sandbox.pybroker", "--port", str(self.port)]
 
 
 # ---- the child process ---------------------------------------------------------------------
