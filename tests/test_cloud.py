@@ -12,6 +12,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from tests.fixtures.cloud import TEST_KEY, TEST_MACHINE_ID
+from tests.vectors import VECTORS
 from vending import messages
 from vending.orders import OrdersClient, offline_order
 from vending.sandbox.cloud import SandboxCloud
@@ -214,7 +215,7 @@ def test_control_pay_forces_duplicates_and_redeliveries(cloud, machine, orders_c
     order = orders_client.create_order(3, "cola-330", 350, "CNY", "s-dup")
     first = cloud.pay(order.order_id)
     second = cloud.pay(order.order_id)                      # a second real payment
-    redelivery = cloud.pay(order.order_id, txn_id=first["txn_id"])
+    cloud.pay(order.order_id, txn_id=first["txn_id"])       # a redelivery
     mismatch = cloud.pay(order.order_id, amount=1)
     got = [messages.parse_payment(machine.next("payments"), TEST_KEY, MID) for _ in range(4)]
     assert [p.txn_id for p in got] == [first["txn_id"], second["txn_id"], first["txn_id"],
@@ -272,7 +273,7 @@ def test_api_modes_are_validated(cloud):
 def test_offline_pay_page_accepts_the_contract_vector_url(cloud):
     # same machine and key as the vector; only the host differs. The vector's expiry is long
     # past, so a good sig reads "expired" (409) where a bad one would read "bad_sig" (403).
-    vec = json.loads(open("/work/shared/contract-vectors.json", encoding="utf-8").read())
+    vec = VECTORS
     url = vec["offline_qr"]["url"].replace("https://pay.example.test", cloud.pay_base_url)
     page = httpx.get(url)
     assert page.status_code == 409 and state_of(page) == "expired"

@@ -1,16 +1,15 @@
 """vending.keyfile: strict loading, safe creation, no key material in any message."""
 from __future__ import annotations
 
-import json
 import os
 import stat
 from pathlib import Path
 
 import pytest
 
+from tests.vectors import VECTORS
 from vending.keyfile import KeyFileError, load_key, write_key
 
-VECTORS = json.loads(Path("/work/shared/contract-vectors.json").read_text(encoding="utf-8"))
 TEST_KEY_HEX = VECTORS["machine_key_hex"]
 
 

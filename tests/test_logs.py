@@ -6,14 +6,13 @@ import json
 import logging
 import os
 import re
-from pathlib import Path
 
 import pytest
 
+from tests.vectors import VECTORS
 from vending.logs import (REDACTED, LogfmtFormatter, Redactor, is_secret_name, log_event,
                           remove_redactor, scrub, setup_logging, under_journald)
 
-VECTORS = json.loads(Path("/work/shared/contract-vectors.json").read_text(encoding="utf-8"))
 KEY = bytes.fromhex(VECTORS["machine_key_hex"])
 PAYMENT_SIG = VECTORS["mqtt_payment"]["sig"]
 TS = re.compile(r"^ts=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ")

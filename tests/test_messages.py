@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.vectors import VECTORS
 from vending import messages as m
 from vending.messages import (
     Ack,
@@ -27,7 +27,6 @@ from vending.messages import (
 )
 from vending.signing import sign_payload
 
-VECTORS = json.loads(Path("/work/shared/contract-vectors.json").read_text(encoding="utf-8"))
 KEY = bytes.fromhex(VECTORS["machine_key_hex"])
 OTHER_KEY = bytes(range(32))
 MID = "VM-0001"

@@ -12,11 +12,11 @@ import time
 import httpx
 import pytest
 
+from tests.vectors import VECTORS
 from tests.fixtures.cloud import TEST_KEY, TEST_MACHINE_ID
 from vending import orders, signing
 from vending.orders import BadOrder, Order, OrdersClient, Refused, Unreachable, offline_order
 
-VECTORS = json.loads(open("/work/shared/contract-vectors.json", encoding="utf-8").read())
 
 
 class Sleeps(list):

@@ -3,8 +3,6 @@ module against the matrix."""
 from __future__ import annotations
 
 import io
-import json
-from pathlib import Path
 
 import pytest
 import qrcode
@@ -15,6 +13,7 @@ from PIL import Image
 from qrcode.constants import ERROR_CORRECT_M
 from qrcode.exceptions import DataOverflowError
 
+from tests.vectors import VECTORS
 from vending.qr import (
     QUIET_ZONE,
     QrCode,
@@ -26,7 +25,6 @@ from vending.qr import (
     to_terminal,
 )
 
-VECTORS = json.loads(Path("/work/shared/contract-vectors.json").read_text(encoding="utf-8"))
 OFFLINE_URL = VECTORS["offline_qr"]["url"]
 TEXTS = [
     OFFLINE_URL,

@@ -1,13 +1,12 @@
 """vending.signing against contract-vectors.json, and against everything a network peer can send."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.vectors import VECTORS
 from vending import signing
 from vending.signing import (
     SigningError,
@@ -27,7 +26,6 @@ from vending.signing import (
     verify_payload,
 )
 
-VECTORS = json.loads(Path("/work/shared/contract-vectors.json").read_text(encoding="utf-8"))
 KEY = bytes.fromhex(VECTORS["machine_key_hex"])
 OTHER_KEY = bytes(32)
 PAY = VECTORS["mqtt_payment"]

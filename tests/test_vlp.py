@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.vectors import VECTORS
 from firmware_bridge import vlp
 from firmware_bridge.vlp import BadRequest, DroppedLine, EncodeError, Frame, LineReader
 
-VECTORS = json.loads(Path("/work/shared/contract-vectors.json").read_text())
 
 
 def line_of(body: str) -> bytes:
