@@ -5,12 +5,14 @@
 is "tx" or "rx", ``decoded`` the ``vlp.Frame`` or the codec error, and ``note`` says what
 the driver made of it ("retransmit 2/5", "crc error", "stale seq 17 (awaiting 18)", ...).
 ``TraceRecord`` freezes one call so it can be kept (tests, recordings), and
-``format_record`` renders it as one line for ``vending board monitor``.
+``format_record`` renders it as one line for ``vending board monitor``. ``WireLog`` sends the
+same lines to a logger, so a running daemon can be watched without taking its port away.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -80,3 +82,42 @@ def record_json(rec: TraceRecord) -> str:
     elif rec.decoded is not None:
         doc["error"] = str(rec.decoded)
     return json.dumps(doc, sort_keys=True)
+
+
+class WireLog:
+    """A trace callback that logs every line at DEBUG, as ``vending board monitor`` prints it.
+
+    Idle polls (a ``POLL`` answered ``ev=none``, both clean) are left out: at five a second
+    they would bury the lines a technician is looking for. A poll that was retransmitted, or
+    whose reply carried an event or an error, is logged with its request. One instance per
+    link, called from the link's thread only.
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._log = logger
+        self._held: TraceRecord | None = None  # a clean POLL, until its reply says whether it was idle
+
+    def __call__(self, t: float, direction: str, raw: bytes, decoded: object, note: str) -> None:
+        rec = TraceRecord(t, direction, bytes(raw), decoded, note)  # type: ignore[arg-type]
+        if direction == "tx":
+            self._release()
+            if rec.ok and rec.decoded.verb == "POLL" and not note:  # type: ignore[union-attr]
+                self._held = rec
+                return
+        elif self._held is not None and not note and _idle_poll_reply(rec, self._held):
+            self._held = None
+            return
+        self._release()
+        self._log.debug("%s", format_record(rec))
+
+    def _release(self) -> None:
+        if self._held is not None:
+            self._log.debug("%s", format_record(self._held))
+            self._held = None
+
+
+def _idle_poll_reply(rec: TraceRecord, poll: TraceRecord) -> bool:
+    frame = rec.decoded
+    return (isinstance(frame, vlp.Frame) and frame.verb == "OK"
+            and frame.seq == poll.decoded.seq  # type: ignore[union-attr]
+            and frame.as_dict().get("ev") == "none")

@@ -130,7 +130,22 @@ def test_telemetry_status_and_logs_hold_no_secrets(make_rig):
     assert tele["link"] == "up" and tele["door"] == "closed" and set(tele["stock"]) == {str(s) for s in range(1, 7)}
     log = rig.daemon_log()
     assert "decision=dispense" in log and "vend finished" in log
+    assert "logger=vending.wire" not in log  # the serial lines only at DEBUG
     assert rig.key.hex() not in log
     sigs = [p["sig"] for p in rig.cloud.payments()] + [e.get("sig") for e in rig.cloud.events()]
     assert sigs and not any(s and s in log for s in sigs)
     assert not re.search(r"[0-9a-f]{64}", log)
+
+
+def test_at_debug_the_daemon_logs_the_serial_lines_but_not_idle_polls(make_rig):
+    rig = make_rig(log_level="DEBUG")
+    view, payment = rig.buy(1)
+    vend_id = rig.wait_result(payment["txn_id"])["vend_id"]
+    wire = [line for line in rig.daemon_log().splitlines() if "logger=vending.wire" in line]
+    assert any(">> " in line and f" VEND id={vend_id} slot=1*" in line for line in wire)
+    assert any("<< " in line and " OK state=" in line for line in wire)
+    assert any(" HELLO*" in line for line in wire)
+    # The key press came in a POLL reply, so that poll is there; the idle ones are not.
+    assert any(" POLL " in line for line in wire)
+    idle = [line for line in wire if "ev=none" in line and "[" not in line.split("*", 1)[1]]
+    assert not idle, f"idle polls are being logged: {idle[:3]}"

@@ -17,6 +17,7 @@ import sys
 import time
 
 from firmware_bridge.link import HostLink
+from firmware_bridge.trace import WireLog
 from firmware_bridge.pump import BoardPump
 from vending import __version__
 from vending.config import Config, ConfigError, load_config
@@ -31,6 +32,9 @@ from vending.orders import OrdersClient
 from vending.orders_adapter import OrdersWorker
 
 log = logging.getLogger("vending.daemon")
+# Every serial line but idle polls, at DEBUG: `vending run --log-level DEBUG` shows what the board
+# is doing without stopping the daemon (which `vending board monitor` would need).
+wire_log = logging.getLogger("vending.wire")
 
 EXIT_CONFIG = 78   # EX_CONFIG: systemd's unit does not restart on it (RestartPreventExitStatus)
 
@@ -68,7 +72,8 @@ class Daemon:
                                    pay_base_url=cfg.offline_qr.pay_base_url,
                                    offline_ttl=int(cfg.offline_qr.ttl))
         self.board = BoardPump(
-            HostLink(cfg.serial.port, cfg.serial.baud, reply_timeout=cfg.serial.reply_timeout),
+            HostLink(cfg.serial.port, cfg.serial.baud, reply_timeout=cfg.serial.reply_timeout,
+                     trace=WireLog(wire_log) if wire_log.isEnabledFor(logging.DEBUG) else None),
             self.inbox.put, poll_interval=cfg.serial.poll_interval, autostart=False)
         self.display = display if display is not None else make_display(
             cfg.display.kind, on_input=self.inbox.put, host=cfg.display.host,
