@@ -13,12 +13,15 @@ Per sale the RNG picks one customer story and at most one infrastructure fault:
   for the sale, a board power cycle mid-vend (product_fell sometimes) or at a random moment, a
   brownout (the board starts the motor on a VEND, its reply is lost and it reboots before the
   host resends), a SIGKILL with a power cycle while the daemon is down, a broker restart, an
-  MQTT outage around the payment (payments queue in the cloud's client), and the daemon down
-  while the customer pays (payments queue in the broker).
+  MQTT outage around the payment (payments queue in the cloud's client), the daemon down
+  while the customer pays (payments queue in the broker), the orders API down or refusing
+  connections (the sale runs on an offline QR, §4), and the service door opened while the QR
+  is up or right after the payment.
 Serial noise (corrupt and drop rates) stays on during the whole sale phase.
 
-Minimum counts of kills, power cycles and broker restarts are guaranteed by forcing those faults
-near the end of the run if the dice were stingy, so a short CI soak always covers them.
+Minimum counts of kills, power cycles and broker restarts, and at least one of every fault, are
+guaranteed by forcing those faults near the end of the run if the dice were stingy, so a short
+CI soak always covers them.
 Nothing here measures time against a threshold: waits are bounded only as hang guards.
 """
 from __future__ import annotations
@@ -43,7 +46,8 @@ CRASH_POINTS = ("SavePayment", "VendSent", "SendVend", "VendReply", "VendFinishe
 STORIES = {"normal": 45, "redelivery": 3, "duplicate": 3, "forged": 2, "stale": 2, "mismatch": 2,
            "late": 2, "cancel_race": 3, "failure": 4, "free_vend": 1, "walkaway": 1}
 FAULTS = {"none": 80, "kill": 3, "crash_point": 3, "power_mid_vend": 2, "power_random": 1,
-          "brownout": 1, "kill_and_power": 1, "broker_restart": 1.5, "mqtt_outage": 1, "daemon_down_pay": 1}
+          "brownout": 1, "kill_and_power": 1, "broker_restart": 1.5, "mqtt_outage": 1, "daemon_down_pay": 1,
+          "api_down": 1.5, "door": 1.5}
 SELECTABLE = ("grid", "thanks", "refund")
 
 
@@ -59,6 +63,7 @@ class ChaosOptions:
     min_kills: int = 10
     min_power_cycles: int = 5
     min_broker_restarts: int = 3
+    min_each_fault: int = 1          # every fault with a weight is injected at least this often
     stories: dict = field(default_factory=lambda: dict(STORIES))
     faults: dict = field(default_factory=lambda: dict(FAULTS))
     settle_timeout: float = 30.0     # hang guard for one sale's vend_result
@@ -110,6 +115,7 @@ class Chaos:
         self._answered: set[tuple[str, str]] = set()
         self._last_cancel = 0.0
         self._brownout: dict = {}
+        self._door_open = False
 
     # ---- the run ---------------------------------------------------------------------------
 
@@ -155,7 +161,8 @@ class Chaos:
     def _one(self, index: int) -> bool:
         """One customer (or operator) story with at most one fault; True if someone paid."""
         story = _weighted(self.rng, self.o.stories)
-        fault = self._choose_fault(index)
+        # a free vend is an operator's command, not a sale: nothing for a sale's fault to hit
+        fault = "none" if story == "free_vend" else self._choose_fault(index)
         started = time.monotonic()
         self._note(f"sale {index}: story={story} fault={fault}")
         try:
@@ -180,12 +187,24 @@ class Chaos:
             self.rig.restart_daemon(crash_at=self.armed)
         elif fault != "none":
             self._pending = fault
+        if fault == "api_down":                   # before the key press: no order from the API
+            mode = self.rng.choice(("down", "refuse"))
+            self.f[f"orders API {mode}"] += 1
+            self.rig.cloud.set_api_mode(mode)
         view = self._select()
         if view is None:
             self._pending = None
+            if fault == "api_down":
+                self.rig.cloud.set_api_mode("ok")
             return False
         self._order = view["order_id"]
-        self._note(f"  QR order_id={view['order_id']} slot={view['slot']}")
+        self._note(f"  QR order_id={view['order_id']} slot={view['slot']}"
+                   + (" offline" if view.get("offline") else ""))
+        if view.get("offline"):                   # the customer scans: the pay page learns the order
+            self.f["offline QRs scanned"] += 1
+            problem, _ = self.rig.cloud.open_offline(view["qr_url"].split(self.rig.cloud.pay_base_url, 1)[1])
+            if problem != "ok":
+                self.anomalies[f"offline QR refused by the pay page: {problem}"] += 1
         txns = getattr(self, f"_story_{story}")(view)
         self._note(f"  paid txns={txns}")
         self._fire("after_pay")               # a story that paid nothing still gets its fault
@@ -196,11 +215,13 @@ class Chaos:
 
     def _choose_fault(self, index: int) -> str:
         o, f = self.o, self.f
-        deficits = {
+        deficits = {name: o.min_each_fault - f[f"fault: {name}"]
+                    for name, weight in o.faults.items() if weight and name != "none"}
+        deficits.update({
             "kill": o.min_kills - f["kills: SIGKILL at a random moment"]
             - f["kills: crash point fired"] - f["kills: daemon down while paying"],
             "power_mid_vend": o.min_power_cycles - f["power cycles"],
-            "broker_restart": o.min_broker_restarts - f["broker restarts"]}
+            "broker_restart": o.min_broker_restarts - f["broker restarts"]})
         need = {k: v for k, v in deficits.items() if v > 0}
         if need and o.sales - index <= 3 * sum(need.values()) + 2:
             return self.rng.choice(sorted(need))
@@ -334,6 +355,8 @@ class Chaos:
             elif fault == "daemon_down_pay":
                 rig.kill_daemon()
                 self.f["kills: daemon down while paying"] += 1
+            elif fault == "door" and rng.random() < 0.5:
+                self._open_door("while the QR is up")
             return
         self._pending = None
         if fault == "kill":
@@ -378,6 +401,22 @@ class Chaos:
         elif fault == "daemon_down_pay":
             time.sleep(rng.uniform(0, 1.5))
             self._ensure_daemon()
+        elif fault == "api_down":
+            time.sleep(rng.uniform(0, 0.5))
+            rig.cloud.set_api_mode("ok")
+        elif fault == "door":
+            if not self._door_open:
+                time.sleep(rng.uniform(0, 0.3))
+                self._open_door("after the payment")
+            # shut before the grace runs out (the payment is served) or after it (refunded late)
+            time.sleep(rng.uniform(0, self.o.late_payment_grace + 1.0))
+            rig.emulator.close_door()
+            self._door_open = False
+
+    def _open_door(self, when: str) -> None:
+        self.rig.emulator.open_door()
+        self._door_open = True
+        self.f[f"door opened {when}"] += 1
 
     def _arm_brownout(self) -> None:
         self._brownout = arm_brownout(self.rig.emulator, product_fell=self.rng.random() < 0.3)
@@ -412,6 +451,9 @@ class Chaos:
         em.call(quiet)
         if not rig.broker.running:
             rig.broker.start()
+        if self._door_open:
+            em.close_door()
+            self._door_open = False
         rig.cloud.set_ack_policy("all")
         rig.cloud.set_api_mode("ok")
         self._supervise()
