@@ -77,6 +77,7 @@ backoff = 0.5
 enabled = true
 pay_base_url = "http://127.0.0.1:9000/pay"
 ttl = 100
+wait_for_api = 1.5
 
 [display]
 kind = "png"
@@ -132,7 +133,7 @@ def test_minimal_config_gets_every_default():
     assert (c.mqtt.ca, c.mqtt.cert, c.mqtt.key, c.mqtt.username, c.mqtt.password_file) == (None,) * 5
     assert (c.mqtt.keepalive, c.mqtt.reconnect_max) == (30, 30)
     assert (c.orders.timeout, c.orders.retries, c.orders.backoff) == (2.0, 3, 0.2)
-    assert c.offline_qr.enabled and c.offline_qr.ttl == 120.0
+    assert c.offline_qr.enabled and c.offline_qr.ttl == 120.0 and c.offline_qr.wait_for_api == 3.0
     assert c.display == type(c.display)(kind="kiosk", host="127.0.0.1", port=8080, png_path=None,
                                         follow_qr_url=None, lang="zh")
     p = c.planogram[1]
@@ -159,6 +160,7 @@ def test_full_config_every_field():
     assert c.orders.base_url == "https://api.example.com/vending"
     assert (c.orders.timeout, c.orders.retries, c.orders.backoff) == (3.5, 5, 0.5)
     assert c.offline_qr.pay_base_url == "http://127.0.0.1:9000/pay" and c.offline_qr.ttl == 100.0
+    assert c.offline_qr.wait_for_api == 1.5
     d = c.display
     assert (d.kind, d.host, d.port, d.png_path, d.follow_qr_url, d.lang) == \
         ("png", "::1", 9090, Path("/run/vending/qr.png"), "https://example.com/follow", "en")
@@ -223,7 +225,7 @@ def test_example_documents_every_key():
                 "refund_uncertain", "slot_failure_limit", "journal", "telemetry_interval", "port",
                 "baud", "poll_interval", "reply_timeout", "host", "ca", "cert", "key", "username",
                 "password_file", "keepalive", "reconnect_max", "base_url", "timeout", "retries",
-                "backoff", "enabled", "pay_base_url", "ttl", "kind", "png_path", "follow_qr_url",
+                "backoff", "enabled", "pay_base_url", "ttl", "wait_for_api", "kind", "png_path", "follow_qr_url",
                 "lang", "product_id", "name_zh", "name_en", "price"):
         assert f"\n{key} = " in text or f"\n# {key} = " in text, key
 
@@ -263,6 +265,8 @@ EDITS = [
     ("enabled = true", 'enabled = "yes"', "offline_qr.enabled must be true or false"),
     ('pay_base_url = "http://127.0.0.1:9000/pay"', 'pay_base_url = "pay.example.com"', "http:// or https://"),
     ("ttl = 100", "ttl = 121", "must not exceed session_timeout + late_payment_grace (120.5 s)"),
+    ("wait_for_api = 1.5", "wait_for_api = 0", "offline_qr.wait_for_api must be more than 0 and at most 30"),
+    ("wait_for_api = 1.5", "wait_for_api = 31", "offline_qr.wait_for_api must be more than 0 and at most 30"),
     ('kind = "png"', 'kind = "lcd"', "display.kind must be one of 'kiosk', 'terminal', 'png', 'none'"),
     ('host = "::1"', 'host = "0.0.0.0"', "display.host must be a loopback address"),
     ("port = 9090", "port = 70000", "display.port must be from 0 to 65535"),

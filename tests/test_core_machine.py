@@ -65,6 +65,20 @@ def st_ordering() -> Rig:
     return r
 
 
+def st_ordering_minting() -> Rig:
+    """The API did not answer within offline_after: an offline order has been asked for."""
+    r = st_ordering()
+    r.tick(S.offline_after)
+    assert r.m.session.minting
+    return r
+
+
+def st_ordering_no_offline() -> Rig:
+    r = idle_rig(make_settings(offline_qr=False))
+    to_ordering(r)
+    return r
+
+
 def st_awaiting() -> Rig:
     r = idle_rig()
     to_awaiting(r)
@@ -257,9 +271,16 @@ ROWS = [
         Screen.OUT_OF_SERVICE, []),
     # ---- tick deadlines -------------------------------------------------------------------------
     Row("ordering-tick-early", st_ordering, ev(E.Tick()), Phase.ORDERING, Screen.ORDERING, [],
-        dt=S.ordering_limit - 1),
-    Row("ordering-tick-deadline", st_ordering, ev(E.Tick()), Phase.IDLE, Screen.GRID, [],
-        dt=S.ordering_limit),
+        dt=S.offline_after - 0.1),
+    # the API is slow (a dead 4G link): the customer gets an offline QR instead of a wait
+    Row("ordering-tick-api-slow", st_ordering, ev(E.Tick()), Phase.ORDERING, Screen.ORDERING,
+        ["MintOfflineOrder"], dt=S.offline_after),
+    Row("ordering-minting-tick-deadline", st_ordering_minting, ev(E.Tick()), Phase.IDLE, Screen.GRID,
+        [], dt=S.ordering_limit),
+    Row("ordering-minting-failed-unreachable", st_ordering_minting,
+        lambda r: E.OrderFailed(session_id(r), "unreachable"), Phase.ORDERING, Screen.ORDERING, []),
+    Row("ordering-tick-deadline-no-offline", st_ordering_no_offline, ev(E.Tick()), Phase.IDLE,
+        Screen.GRID, [], dt=S.ordering_limit),
     Row("awaiting-tick-early", st_awaiting, ev(E.Tick()), Phase.AWAITING, Screen.QR, [],
         dt=S.session_timeout - 1),
     Row("awaiting-tick-timeout", st_awaiting, ev(E.Tick()), Phase.CANCELLING, Screen.GRID, CANCEL,
@@ -822,3 +843,29 @@ def test_random_sweep_never_calls_a_refused_vend_uncertain():
 def test_random_sweep_always_returns_to_idle():
     for seed in range(120):
         run_random(seed, 300, seed % 2 == 0, liveness_check=True)
+
+
+def test_a_slow_api_gets_an_offline_qr_and_its_late_order_is_cancelled():
+    r = idle_rig()
+    co = to_ordering(r)
+    mint = actions_of(A.MintOfflineOrder, r.tick(S.offline_after))[0]
+    assert (mint.session_id, mint.slot, mint.amount) == (co.session_id, co.slot, co.amount)
+    r.feed(order_created(r, co, "off-1", offline=True))
+    assert r.phase is Phase.AWAITING and r.m.session.order_id == "off-1" and r.m.session.offline
+    # The API's answer comes after all: the QR on screen stays, the API's order is cancelled.
+    out = r.feed(order_created(r, co, "api-1"))
+    assert [a.order_id for a in actions_of(A.CancelOrder, out)] == ["api-1"]
+    assert r.m.session.order_id == "off-1" and r.view.order_id == "off-1"
+    # Paying the QR the customer saw dispenses once.
+    assert actions_of(A.SendVend, r.pay("off-1"))
+
+
+def test_an_api_answer_racing_the_offline_mint_wins_and_the_offline_order_is_dropped():
+    r = idle_rig()
+    co = to_ordering(r)
+    r.tick(S.offline_after)
+    r.feed(order_created(r, co, "api-1"))            # the API answered before the mint came back
+    out = r.feed(order_created(r, co, "off-1", offline=True))
+    assert r.m.session.order_id == "api-1" and not r.m.session.offline
+    assert not actions_of(A.CancelOrder, out)        # an offline order has no one to cancel at
+    assert r.journal.orders["off-1"]["closed_at"] is not None

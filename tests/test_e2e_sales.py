@@ -170,6 +170,24 @@ def test_orders_api_down_gives_an_offline_qr_that_verifies(make_rig):
     assert rig.dispenses() == 1
 
 
+def test_a_slow_orders_api_gets_an_offline_qr_at_once_and_its_order_cancelled(make_rig):
+    # A dead 4G link: the API takes the order but its answer comes late.
+    rig = make_rig(wait_for_api=0.5, orders_timeout=5.0, orders_retries=0)
+    rig.cloud.set_api_mode("slow", requests=1, delay=3.0)
+    view = rig.select(2)
+    assert view["offline"] is True and signing.verify_offline_qr_url(rig.key, view["qr_url"])
+    # The API's order, once its answer arrives, is cancelled: nobody can pay a QR never shown.
+    api_order = rig.wait(lambda: next((o for o in rig.cloud.orders() if not o["offline"]), None),
+                         what="the API's order")
+    rig.wait(lambda: rig.cloud.order(api_order["order_id"])["state"] == "cancelled", 15,
+             what="the API's late order cancelled")
+    assert rig.screen()["order_id"] == view["order_id"]      # the offline QR stays up
+    rig.cloud.open_offline(view["qr_url"].split(rig.cloud.pay_base_url, 1)[1])
+    _, payment = rig.cloud.take_payment(view["order_id"], "wechat")
+    assert _one_result(rig, payment["txn_id"])["result"] == "ok"
+    assert rig.dispenses() == 1
+
+
 def test_broker_down_during_vend_result_arrives_after_reconnect(make_rig):
     rig = make_rig(vend_seconds=2.0)
     view, payment = rig.buy(1)

@@ -101,6 +101,7 @@ class OfflineQrConfig:
     enabled: bool
     pay_base_url: str | None  # no trailing "/"
     ttl: float
+    wait_for_api: float = 3.0  # seconds a customer waits for the orders API before this QR
 
 
 @dataclass(frozen=True)

@@ -211,7 +211,8 @@ def build_config(ck: Checker, data: dict[str, Any]) -> Config | None:
                           o.integer("retries", 3, hi=10), o.seconds("backoff", 0.2, zero_ok=True, hi=60))
     o.finish()
     offline = _offline(ck, _Section(ck, data.get("offline_qr"), ("offline_qr",),
-                                    ("enabled", "pay_base_url", "ttl")), session_timeout, grace)
+                                    ("enabled", "pay_base_url", "ttl", "wait_for_api")),
+                       session_timeout, grace)
     display = _display(_Section(ck, data.get("display"), ("display",), (
         "kind", "host", "port", "png_path", "follow_qr_url", "lang")))
     planogram = _planogram(ck, data.get("planogram"), currency)
@@ -304,15 +305,16 @@ def _offline(ck: Checker, s: _Section, session_timeout: float | None,
     enabled = s.flag("enabled", True)
     url = s.url("pay_base_url", _REQUIRED if enabled else None)
     ttl = s.seconds("ttl", session_timeout)
+    wait = s.seconds("wait_for_api", 3.0, hi=30.0)
     if ttl is not None and session_timeout is not None and grace is not None \
             and "ttl" in s.data and ttl > session_timeout + grace:
         # A QR still payable after the machine stops honouring it takes money only to refund it.
         s.bad("ttl", f"must not exceed session_timeout + late_payment_grace "
                      f"({session_timeout + grace:g} s), not {ttl:g}")
     s.finish()
-    if enabled is None or ttl is None or (enabled and url is None):
+    if enabled is None or ttl is None or wait is None or (enabled and url is None):
         return None
-    return OfflineQrConfig(enabled, url, ttl)
+    return OfflineQrConfig(enabled, url, ttl, wait)
 
 
 def _display(s: _Section) -> DisplayConfig | None:

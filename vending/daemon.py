@@ -45,6 +45,7 @@ def settings_from(cfg: Config, started: float) -> Settings:
         session_timeout=cfg.session_timeout, late_payment_grace=cfg.late_payment_grace,
         refund_uncertain=cfg.refund_uncertain, slot_failure_limit=cfg.slot_failure_limit,
         telemetry_interval=cfg.telemetry_interval, offline_qr=cfg.offline_qr.enabled,
+        offline_after=cfg.offline_qr.wait_for_api,
         follow_qr_url=cfg.display.follow_qr_url, started=started)
 
 

@@ -91,7 +91,7 @@ class Machine:
         self.session = Session(
             session_id=self._new_id("s"), slot=ev.slot, product_id=product.product_id,
             amount=self.catalog.price(ev.slot, now), currency=self.s.currency,
-            deadline=now + self.s.ordering_limit)
+            deadline=now + (self.s.offline_after if self.s.offline_qr else self.s.ordering_limit))
         self.phase = Phase.ORDERING
         s = self.session
         out.append(A.CreateOrder(s.session_id, s.slot, s.product_id, s.amount, s.currency))
@@ -128,13 +128,22 @@ class Machine:
         if s is None or ev.session_id != s.session_id:
             return
         if ev.kind == "unreachable" and self.s.offline_qr:
-            out.append(A.MintOfflineOrder(s.session_id, s.slot, s.amount, s.currency))
+            self._mint_offline(s, now, out)
             return
         if ev.kind == "bad_order":
             self._alert(out, "inauthentic_message",
                         "The orders API answered with an order that failed verification; no QR was shown.")
         out.append(A.Log("warning", "order not created", {"kind": ev.kind, "detail": ev.detail}))
         self._end_session(now, out)
+
+    def _mint_offline(self, s: Session, now: float, out: list) -> None:
+        """Show an offline QR (contract §4) instead of the API's. An API order that still
+        arrives for this session then comes as a stray once the QR is up, and is cancelled."""
+        if s.minting:
+            return
+        s.minting = True
+        s.deadline = now + self.s.ordering_limit
+        out.append(A.MintOfflineOrder(s.session_id, s.slot, s.amount, s.currency))
 
     def _abandon_ordering(self, ev: object, now: float, out: list) -> None:
         # The order, if it is ever created, arrives as a stray and gets cancelled.
@@ -297,7 +306,13 @@ class Machine:
     def _on_tick(self, ev: E.Tick, now: float, out: list) -> None:
         s = self.session
         if self.phase == Phase.ORDERING and now >= s.deadline:
-            self._end_session(now, out)
+            if self.s.offline_qr and not s.minting:
+                # A dead 4G link makes the API slow, not absent: the QR must still come at once.
+                out.append(A.Log("warning", "orders API too slow; showing an offline QR",
+                                 {"session_id": s.session_id}))
+                self._mint_offline(s, now, out)
+            else:
+                self._end_session(now, out)
         elif self.phase == Phase.AWAITING and now >= s.deadline:
             if s.paid_elsewhere:
                 self._end_session(now, out)   # its payment, when it comes, is judged as late

@@ -32,6 +32,7 @@ class Settings:
     started: float = 0.0
     report_seconds: float = 6       # thank-you / refund screen
     ordering_limit: float = 30      # bounded by the orders client; a guard if an answer never comes
+    offline_after: float = 3        # with offline QR on: how long a customer waits for the API
     cancel_wait: float = 10         # how long the CANCELLING screen waits for the cloud's answer
     vstat_interval: float = 5       # belt and braces behind the board's `kind=vend` event
     reconcile_interval: float = 5   # GET the live order this often while MQTT is down
@@ -51,6 +52,7 @@ class Session:
     expires_at: int | None = None
     offline: bool = False
     paid_elsewhere: bool = False    # the cloud said "paid" to our cancel: the payment is coming
+    minting: bool = False           # an offline order was asked for; the API's answer is now a stray
     last_fetch: float = 0.0
 
 

@@ -49,6 +49,7 @@ class RigOptions:
     refund_uncertain: bool = True
     slot_failure_limit: int = 3
     offline_qr: bool = True
+    wait_for_api: float = 3.0
     display: str = "png"            # png gives tests the screen as a JSON sidecar
     display_port: int = 0
     follow_qr_url: str | None = None
@@ -127,7 +128,7 @@ class Rig:
             "[orders]", f'base_url = "{self.cloud.base_url}"', f"timeout = {o.orders_timeout}",
             f"retries = {o.orders_retries}", "backoff = 0.05",
             "[offline_qr]", f"enabled = {str(o.offline_qr).lower()}",
-            f'pay_base_url = "{self.cloud.pay_base_url}"',
+            f'pay_base_url = "{self.cloud.pay_base_url}"', f"wait_for_api = {o.wait_for_api}",
             "[display]", f'kind = "{o.display}"', f"port = {o.display_port}",
             f'png_path = "{self.png_path}"',
         ]
