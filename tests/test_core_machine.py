@@ -222,10 +222,12 @@ ROWS = [
     Row("cancelling-answer-other-order-paid", st_cancelling, ev(E.CancelAnswered("ord-old", "paid")),
         Phase.CANCELLING, Screen.GRID, ["FetchOrder"]),
     Row("reporting-cancel", st_reporting, ev(E.CancelPressed()), Phase.IDLE, Screen.GRID, []),
+    # a slow cancel answer must not freeze the machine for the next customer
+    Row("cancelling-key", st_cancelling, ev(E.KeyPressed(2)), Phase.ORDERING, Screen.ORDERING,
+        ["CreateOrder"]),
     # ---- global handlers: customer input outside its phase ----------------------------------
     Row("idle-cancel", st_idle, ev(E.CancelPressed()), Phase.IDLE, Screen.GRID, []),
     Row("awaiting-key", st_awaiting, ev(E.KeyPressed(2)), Phase.AWAITING, Screen.QR, []),
-    Row("cancelling-key", st_cancelling, ev(E.KeyPressed(2)), Phase.CANCELLING, Screen.GRID, []),
     Row("dispensing-key", st_dispensing, ev(E.KeyPressed(2)), Phase.DISPENSING, Screen.DISPENSING, []),
     Row("dispensing-cancel", st_dispensing, ev(E.CancelPressed()), Phase.DISPENSING, Screen.DISPENSING, []),
     Row("idle-stray-order", st_idle, stray("ord-x"), Phase.IDLE, Screen.GRID,
@@ -869,3 +871,21 @@ def test_an_api_answer_racing_the_offline_mint_wins_and_the_offline_order_is_dro
     assert r.m.session.order_id == "api-1" and not r.m.session.offline
     assert not actions_of(A.CancelOrder, out)        # an offline order has no one to cancel at
     assert r.journal.orders["off-1"]["closed_at"] is not None
+
+
+def test_a_new_customer_during_a_slow_cancel_is_served_and_a_racing_payment_refunded():
+    r = idle_rig()
+    to_cancelling(r, order_id="ord-1")
+    co = actions_of(A.CreateOrder, r.feed(E.KeyPressed(2)))[0]
+    assert r.phase is Phase.ORDERING and co.slot == 2
+    # The first customer had paid after all: the cloud answers the old cancel "paid".
+    assert [a.order_id for a in actions_of(A.FetchOrder, r.feed(E.CancelAnswered("ord-1", "paid")))
+            ] == ["ord-1"]
+    r.feed(order_created(r, co, "ord-2"))
+    assert r.phase is Phase.AWAITING and r.m.session.order_id == "ord-2"
+    # The machine is busy with the new customer, so the old payment is refunded, never kept.
+    out = r.pay("ord-1", txn_id="txn-old")
+    assert not actions_of(A.SendVend, out)
+    [result] = published(out, "vend_result")
+    assert (result["result"], result["refund"], result["txn_id"]) == ("late", True, "txn-old")
+    assert r.m.session.order_id == "ord-2"

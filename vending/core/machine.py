@@ -2,7 +2,9 @@
 
     IDLE --key--> ORDERING --order--> AWAITING --payment--> DISPENSING --result--> REPORTING --> IDLE
                      |                   |--cancel/timeout--> CANCELLING --cancelled--> IDLE
-                     |                                             `--paid--> AWAITING (paid elsewhere)
+                     |                                             |--paid--> AWAITING (paid elsewhere)
+                     |                                             `--key--> ORDERING (a new customer)
+                     |--no answer in offline_after--> (offline QR minted) --order--> AWAITING
                      `--cancel / board offline / door open--> IDLE
 
 Customer-facing transitions are in `SESSION_TABLE`; money (payments, vends, commands) is handled
@@ -159,6 +161,14 @@ class Machine:
         out.append(A.CancelOrder(s.order_id))
         s.deadline = now + self.s.cancel_wait
         self.phase = Phase.CANCELLING
+
+    def _key_while_cancelling(self, ev: E.KeyPressed, now: float, out: list) -> None:
+        """The cloud has not answered our cancel yet (a slow link) and the screen shows the
+        grid: a new customer must not meet a machine that ignores them for seconds. The old
+        order is already closed and its cancel sent; if the answer is "paid" after all, it
+        comes as a late answer and its payment is judged by the late-payment rule."""
+        self._end_session(now, out)
+        self._start_session(ev, now, out)
 
     def _cancel_answered(self, ev: E.CancelAnswered, now: float, out: list) -> None:
         s = self.session
@@ -364,6 +374,7 @@ SESSION_TABLE = {
     (Phase.ORDERING, E.CancelPressed): Machine._abandon_ordering,
     (Phase.AWAITING, E.CancelPressed): Machine._begin_cancel,
     (Phase.CANCELLING, E.CancelAnswered): Machine._cancel_answered,
+    (Phase.CANCELLING, E.KeyPressed): Machine._key_while_cancelling,
     (Phase.REPORTING, E.CancelPressed): Machine._end_report,
 }
 
