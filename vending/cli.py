@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "run": ("vending.daemon", "run the controller in the foreground (what systemd starts)"),
     "check-config": ("vending.check_config", "validate a machine config and report every problem"),
     "board": ("vending.board_cli", "technician tools for the dispensing board over VLP/1"),
+    "journal": ("vending.journal_cli", "what the machine owes: payments not yet settled, vends running"),
     "demo": ("vending.demo", "a whole vending machine on embedded defaults"),
 }
 
