@@ -53,7 +53,11 @@ class Journal:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves so one Persist is one transaction.
-        self.db = sqlite3.connect(str(self.path), isolation_level=None, timeout=10)
+        # check_same_thread=False: a Daemon is built in one thread (start-up recovery reads the
+        # journal) and run in another, as fleet simulations do. Use is never concurrent: only
+        # the owner thread touches the journal once the daemon runs.
+        self.db = sqlite3.connect(str(self.path), isolation_level=None, timeout=10,
+                                  check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA foreign_keys=ON")
