@@ -207,6 +207,13 @@ ROWS = [
         Phase.IDLE, Screen.GRID, ALERT),
     Row("ordering-failed-other-session", st_ordering, ev(E.OrderFailed("s-gone", "refused")),
         Phase.ORDERING, Screen.ORDERING, []),
+    Row("ordering-failed-other-session-forged", st_ordering, ev(E.OrderFailed("s-gone", "bad_order")),
+        Phase.ORDERING, Screen.ORDERING, ALERT),
+    # the API's forged answer after the offline QR went up: the QR stays, the operator hears of it
+    Row("awaiting-offline-late-forged-order", st_awaiting_offline,
+        lambda r: E.OrderFailed(session_id(r), "bad_order"), Phase.AWAITING, Screen.QR, ALERT),
+    Row("awaiting-late-refused-order", st_awaiting_offline,
+        lambda r: E.OrderFailed(session_id(r), "refused"), Phase.AWAITING, Screen.QR, []),
     Row("ordering-cancel", st_ordering, ev(E.CancelPressed()), Phase.IDLE, Screen.GRID, []),
     Row("awaiting-cancel", st_awaiting, ev(E.CancelPressed()), Phase.CANCELLING, Screen.GRID, CANCEL),
     Row("awaiting-offline-cancel", st_awaiting_offline, ev(E.CancelPressed()), Phase.IDLE, Screen.GRID,

@@ -128,15 +128,20 @@ class Machine:
     def _order_failed(self, ev: E.OrderFailed, now: float, out: list) -> None:
         s = self.session
         if s is None or ev.session_id != s.session_id:
-            return
+            return self._late_order_failure(ev, now, out)
         if ev.kind == "unreachable" and self.s.offline_qr:
             self._mint_offline(s, now, out)
             return
+        self._late_order_failure(ev, now, out)
+        self._end_session(now, out)
+
+    def _late_order_failure(self, ev: E.OrderFailed, now: float, out: list) -> None:
+        """Also for an answer that comes after its session moved on (an offline QR is up, or
+        the customer left): a forged order response is news to the operator whenever it comes."""
         if ev.kind == "bad_order":
             self._alert(out, "inauthentic_message",
                         "The orders API answered with an order that failed verification; no QR was shown.")
         out.append(A.Log("warning", "order not created", {"kind": ev.kind, "detail": ev.detail}))
-        self._end_session(now, out)
 
     def _mint_offline(self, s: Session, now: float, out: list) -> None:
         """Show an offline QR (contract §4) instead of the API's. An API order that still
@@ -382,7 +387,7 @@ GLOBAL_HANDLERS = {
     E.KeyPressed: Machine._on_key,
     E.CancelPressed: _ignore,
     E.OrderCreated: Machine._stray_order,
-    E.OrderFailed: _ignore,
+    E.OrderFailed: Machine._late_order_failure,
     E.CancelAnswered: Machine._late_cancel_answer,
     E.OrderFetched: _ignore,
     E.PaymentIn: payments.on_payment,
