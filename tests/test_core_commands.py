@@ -311,3 +311,52 @@ def test_expired_free_vend_after_refusal_does_not_freeze_the_machine(code):
     r.tick(S.report_seconds + 1)
     assert r.phase is Phase.IDLE
     assert actions_of(A.CreateOrder, r.feed(E.KeyPressed(1)))
+
+
+# ---- a machine clock that is off the cloud's (vending.clock) -----------------------------------
+
+DAY = 86_400
+
+
+def test_with_the_clock_corrected_the_clouds_times_are_judged_in_the_clouds_time():
+    r = idle_rig()
+    cloud_now = r.now + DAY                         # we booted a day behind
+    assert one_result(r.cmd("c1", "ping", ts=cloud_now, expires=cloud_now + 600))["error"] == "stale"
+    r.feed(E.ClockCorrected(DAY))
+    assert one_result(r.cmd("c2", "ping", ts=cloud_now, expires=cloud_now + 600))["ok"] is True
+    # expires is the cloud's time too: a command good for another minute is not expired
+    assert one_result(r.cmd("c3", "ping", ts=cloud_now, expires=cloud_now + 60))["ok"] is True
+    assert one_result(r.cmd("c4", "ping", ts=cloud_now, expires=cloud_now - 1))["error"] == "expired"
+
+
+def test_a_promo_window_written_in_the_clouds_time_applies_when_the_cloud_says():
+    r = idle_rig()
+    r.feed(E.ClockCorrected(DAY))
+    start = int(r.now) + DAY + 10
+    r.cmd("c1", "set_promo", {"slot": 1, "amount": 100, "start": start, "end": start + 100},
+          ts=r.now + DAY, expires=r.now + DAY + 600)
+    assert to_ordering(r, 1).amount == PRICES[1]
+    r.feed(E.CancelPressed())
+    r.now += 10
+    assert to_ordering(r, 1).amount == 100
+
+
+def test_the_correction_never_moves_the_machines_own_deadlines():
+    r = idle_rig()
+    co = to_ordering(r)
+    r.feed(E.ClockCorrected(-DAY))                   # we booted a day ahead
+    # the order's expires_at is in the cloud's time: a day "in our past", yet five minutes away
+    r.feed(E.OrderCreated(co.session_id, "o-1", "https://pay.example.test/o-1", co.amount,
+                          co.currency, int(r.now) - DAY + 300, offline=False, slot=co.slot))
+    assert r.phase is Phase.AWAITING
+    r.tick(60)
+    assert r.phase is Phase.AWAITING                 # not cancelled at once
+    r.tick(240)
+    assert r.phase is not Phase.AWAITING             # its own expiry, judged in our time
+
+
+def test_acks_carry_the_clouds_time_and_count_once_corrected():
+    r = idle_rig()
+    assert ops_of(A.EventAcked, r.feed(E.AckIn("e1", int(r.now) + DAY, "t1"))) == []
+    r.feed(E.ClockCorrected(DAY))
+    assert [o.event_id for o in ops_of(A.EventAcked, r.feed(E.AckIn("e2", int(r.now) + DAY, "t2")))] == ["e2"]

@@ -389,7 +389,7 @@ def test_table_covers_every_session_row_and_every_global_handler():
     seen_types = {t for _, t in covered}
     untested = {E.SlotsSeen, E.BoardFault, E.CommandIn, E.CommandRejectedIn, E.AckIn,
                 E.MqttUp, E.MqttDown, E.PaymentRejectedIn,
-                E.ClockSkew}   # tested below / in test_core_commands
+                E.ClockSkew, E.ClockCorrected}   # tested below / in test_core_commands
     missing_g = [t.__name__ for t in GLOBAL_HANDLERS if t not in seen_types | untested]
     assert not missing_g, f"global handlers not covered: {missing_g}"
 
@@ -414,6 +414,8 @@ def test_slots_seen_updates_grid_and_all_empty_is_out_of_service():
 
 def test_clock_skew_alerts_once_and_again_only_when_it_moves_a_minute():
     r = idle_rig()
+    assert summary(r.feed(E.ClockSkew(2.0))) == []          # every answer reports it; small is fine
+    assert summary(r.feed(E.ClockSkew(-60.0))) == []
     assert summary(r.feed(E.ClockSkew(-300.0))) == ALERT
     assert summary(r.feed(E.ClockSkew(-310.0))) == []
     out = r.feed(E.ClockSkew(-400.0))

@@ -149,3 +149,33 @@ def test_at_debug_the_daemon_logs_the_serial_lines_but_not_idle_polls(make_rig):
     assert any(" POLL " in line for line in wire)
     idle = [line for line in wire if "ev=none" in line and "[" not in line.split("*", 1)[1]]
     assert not idle, f"idle polls are being logged: {idle[:3]}"
+
+
+def test_a_machine_booted_days_behind_the_cloud_still_sells_obeys_and_settles(make_rig):
+    # No battery-backed clock: the machine is 30 days behind. Without the correction the API
+    # refuses its timestamps, commands are stale, acks are ignored and offline QRs are expired.
+    days = 30 * 86_400
+    rig = make_rig(cloud_clock_offset=days)
+    view, payment = rig.buy(1)
+    result = rig.wait_result(payment["txn_id"])          # acked: the ack's ts counted as fresh
+    assert result["result"] == "ok" and not view["offline"]
+    assert abs(result["ts"] - rig.cloud.clock()) < 60      # events carry the cloud's time
+    alert = rig.wait(lambda: [a for a in rig.cloud.events("alert") if a["code"] == "clock_offset"],
+                     what="the clock_offset alert")[0]
+    assert "corrects" in alert["detail"]
+    # a command stamped by the cloud is executed, not refused as stale
+    cmd = rig.cloud.send_command("set_prices", {"prices": {"2": 650}})
+    done = _command_result(rig, cmd["cmd_id"])[0]
+    assert (done["ok"], done["error"]) == (True, None)
+    # an offline QR expires in the cloud's time, so the pay page takes it
+    rig.cloud.set_api_mode("down")
+    offline = rig.select(2)
+    assert offline["offline"] and offline["amount"] == 650
+    problem, _ = rig.cloud.open_offline(offline["qr_url"].split(rig.cloud.pay_base_url, 1)[1])
+    assert problem == "ok"
+    _, paid = rig.cloud.take_payment(offline["order_id"], "alipay")
+    assert rig.wait_result(paid["txn_id"])["result"] == "ok"
+    assert rig.dispenses() == 2
+    # and the daemon took the cloud's acks as fresh: its outbox drains
+    rig.wait(lambda: all(r["acked_at"] for r in rig.journal_rows("outbox")), 20,
+             what="every event acked in the journal")

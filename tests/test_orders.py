@@ -124,14 +124,31 @@ def test_wrong_key_is_refused_401_and_not_retried(cloud, client_for):
     assert cloud.orders() == []
 
 
-def test_stale_timestamp_is_refused_and_offset_is_learned(cloud, client_for, caplog):
+def test_a_stale_timestamp_teaches_the_offset_and_the_request_is_signed_again(cloud, client_for, caplog):
+    # A machine without a battery-backed clock, 1000 s behind: the first try is refused for its
+    # X-Timestamp, its Date reveals the offset, and one re-signed try goes through.
     client = client_for(cloud, clock=lambda: time.time() - 1000)
-    with caplog.at_level(logging.WARNING, logger="vending.orders"), pytest.raises(Refused) as info:
-        order(client)
-    assert info.value.status == 401 and "X-Timestamp" in info.value.body
+    with caplog.at_level(logging.WARNING, logger="vending.orders"):
+        got = order(client)
+    assert got.order_id and client._sleep == []              # no backoff for the re-sign
     # Date has one-second resolution, so the learned offset is 1000 give or take a second
     assert 998 <= client.clock_offset <= 1001
     assert "clock offset" in caplog.text
+    reqs = cloud.api_requests()
+    assert [r["status"] for r in reqs] == [401, 201]
+    assert abs(int(reqs[1]["timestamp"]) - time.time()) < 5
+    # Later requests are signed with the corrected time straight away.
+    client.get_order(got.order_id)
+    assert cloud.api_requests()[-1]["status"] == 200 and len(cloud.api_requests()) == 3
+
+
+def test_a_refusal_that_teaches_nothing_new_is_not_signed_again(cloud, client_for):
+    client = client_for(cloud, clock=lambda: time.time() - 1000)
+    order(client)                                  # learns the offset
+    before = len(cloud.api_requests())
+    with pytest.raises(Refused) as info:           # a 404 is a refusal the clock does not explain
+        client.get_order("o-nope")
+    assert info.value.status == 404 and len(cloud.api_requests()) == before + 1
 
 
 def test_small_offset_is_learned_without_a_warning(cloud, client_for, caplog):

@@ -23,6 +23,7 @@ from vending.display.view import Cancel, Select
 from vending.journal import Journal
 from vending.mqtt import Connected, Disconnected, Inbound
 from vending import board_adapter, orders_adapter
+from vending.clock import ClockCorrection
 
 log = logging.getLogger("vending.controller")
 
@@ -43,6 +44,8 @@ class Controller:
         self.board, self.mqtt, self.orders, self.display = board, mqtt, orders, display
         self.inbox = inbox
         self._clock = clock
+        # How far our clock is off the cloud's, for the core's cross-machine comparisons.
+        self._correction = ClockCorrection(clock)
         self._tick_interval = tick_interval
         self._republish_interval = republish_interval
         self._published: dict[str, float] = {}   # event_id -> when we last sent it
@@ -66,6 +69,9 @@ class Controller:
                 if item is not None:
                     self._dispatch(item)
                 now = self._clock()
+                if self._correction.check():
+                    log.warning("clock: the system clock was set; the correction is dropped")
+                    self._feed(E.ClockCorrected(0.0))
                 if now - self._last_tick >= self._tick_interval:
                     self._last_tick = now
                     self._feed(E.Tick())
@@ -128,8 +134,13 @@ class Controller:
             return [E.CancelPressed()]
         if isinstance(item, orders_adapter.FetchedPayment):
             return [self._payment_event(item.message, token=None)]
-        if isinstance(item, (E.OrderCreated, E.OrderFailed, E.CancelAnswered, E.OrderFetched,
-                             E.ClockSkew)):
+        if isinstance(item, E.ClockSkew):
+            if self._correction.learn(item.offset):
+                log.warning("clock: correcting comparisons with the cloud's times by %+.0f s",
+                            self._correction.offset)
+                return [item, E.ClockCorrected(self._correction.offset)]
+            return [item]
+        if isinstance(item, (E.OrderCreated, E.OrderFailed, E.CancelAnswered, E.OrderFetched)):
             return [item]
         return self._board_tr.translate(item)
 
@@ -172,14 +183,15 @@ class Controller:
         elif isinstance(a, A.PublishStatus):
             self.mqtt.publish_status(a.state)
         elif isinstance(a, A.PublishTelemetry):
-            self.mqtt.publish_telemetry(msg.build_event(self._key, self._mid, "telemetry", a.fields, int(now)))
+            self.mqtt.publish_telemetry(msg.build_event(self._key, self._mid, "telemetry", a.fields,
+                                                        int(now + self._correction.offset)))
         elif isinstance(a, A.Show):
             self.display.show(a.view)
         elif isinstance(a, A.Log):
             log.log(logging.getLevelName(a.level.upper()), "%s %s", a.msg,
                     " ".join(f"{k}={v}" for k, v in a.fields.items()))
         elif isinstance(a, (A.CreateOrder, A.MintOfflineOrder, A.CancelOrder, A.FetchOrder)):
-            self.orders.submit(a, now)
+            self.orders.submit(a, now + self._correction.offset)   # the cloud's time: QR expiry
         elif isinstance(a, (A.SendVend, A.QueryVend, A.RefreshSlots)):
             self._board_tr.submit(self.board, a)
         else:
@@ -188,7 +200,9 @@ class Controller:
     def _publish(self, event_id: str, type_: str, fields: dict, now: float) -> None:
         # Re-signed with a fresh ts on every (re)publish, keeping the event_id (contract §2).
         self._published[event_id] = now
-        self.mqtt.publish_event(msg.build_event(self._key, self._mid, type_, fields, int(now)))
+        # ts in the cloud's time, as far as we know it: the cloud reads it, the core never does
+        self.mqtt.publish_event(msg.build_event(self._key, self._mid, type_, fields,
+                                                int(now + self._correction.offset)))
 
     def _republish(self, now: float, only_older_than: float | None) -> None:
         for event_id, type_, fields in self.journal.unacked_events():

@@ -232,22 +232,34 @@ class OrdersClient:
         """Send with retries. The body bytes are built once by the caller and sent unchanged on
         every attempt; only the timestamp and signature are renewed."""
         last = ""
-        for attempt in range(self._retries + 1):
+        resigned = False
+        attempt = 0
+        while attempt <= self._retries:
             if attempt:
                 ceiling = self._backoff * 2 ** (attempt - 1)
                 self._sleep(ceiling * self._random.uniform(0.5, 1.0))
             request = self._http.build_request(method, path, content=body)
+            correction = self._correction()
             self._sign(request, body)
+            attempt += 1
             try:
                 response = self._send(request)
             except httpx.RequestError as exc:  # connect, timeouts, reset, garbage, bad gzip
                 last = f"{type(exc).__name__}: {exc}"
-                log.info("%s: attempt %d failed: %s", what, attempt + 1, last)
+                log.info("%s: attempt %d failed: %s", what, attempt, last)
                 continue
             self._learn_offset(response)
+            if (response.status_code == 401 and not resigned
+                    and abs(self._correction() - correction) > CLOCK_OFFSET_LOG_S):
+                # Refused for our timestamp, and its Date just told us how far off we are: sign
+                # again with the corrected time, once, without counting it as a retry.
+                resigned, attempt = True, attempt - 1
+                log.info("%s: re-signing with the clock corrected by %+.0f s", what,
+                         self._correction())
+                continue
             if response.status_code >= 500:
                 last = f"HTTP {response.status_code}"
-                log.info("%s: attempt %d got %s", what, attempt + 1, last)
+                log.info("%s: attempt %d got %s", what, attempt, last)
                 continue
             if refuse and 400 <= response.status_code < 500:
                 raise Refused(response.status_code, _excerpt(response), what)
@@ -279,13 +291,19 @@ class OrdersClient:
         # the target is read back from the built request, so it is exactly what goes on the wire,
         # base-URL prefix and percent-encoding included
         target = request.url.raw_path.decode("ascii")
-        timestamp = str(int(self._clock()))
+        timestamp = str(int(self._clock() + self._correction()))
         request.headers["X-Machine-Id"] = self.machine_id
         request.headers["X-Timestamp"] = timestamp
         request.headers["X-Signature"] = signing.http_signature(
             self._key, request.method, target, timestamp, body)
         if body:
             request.headers["Content-Type"] = "application/json"
+
+    def _correction(self) -> float:
+        """What X-Timestamp adds to our clock: the learned offset once it is over a minute
+        (contract §2 lets a machine without a battery-backed clock correct by it)."""
+        offset = self.clock_offset
+        return offset if offset is not None and abs(offset) > CLOCK_OFFSET_LOG_S else 0.0
 
     def _learn_offset(self, response: httpx.Response) -> None:
         date = response.headers.get("Date")

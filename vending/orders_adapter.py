@@ -16,9 +16,6 @@ from vending.core import events as E
 
 log = logging.getLogger("vending.orders")
 
-CLOCK_SKEW_ALERT_S = 60   # contract §2: log any offset above 60 s
-
-
 @dataclass(frozen=True)
 class FetchedPayment:
     """A payment message found by a reconciliation GET; verified by the owner like any other."""
@@ -62,8 +59,10 @@ class OrdersWorker:
         except Exception:  # a bug here must not kill the pool thread silently
             log.exception("orders call failed unexpectedly: %s", type(a).__name__)
         offset = self._client.clock_offset if self._client is not None else None
-        if offset is not None and abs(offset) > CLOCK_SKEW_ALERT_S:
-            self._post(E.ClockSkew(offset))   # the core decides whether it is news
+        if offset is not None:
+            # Every time, small ones too: the owner corrects its clock by it (or stops doing so
+            # once the time source has caught up), and the core decides whether it is news.
+            self._post(E.ClockSkew(offset))
 
     def _call(self, a: object) -> object:
         c = self._client

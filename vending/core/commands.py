@@ -26,9 +26,9 @@ def execute(m: "Machine", ev: E.CommandIn, now: float, out: list) -> None:
             out.append(A.AckMessage(ev.token))
             return
         return _answer(m, cmd, ok, error, now, out, ev.token, ())
-    if not msg.is_fresh(cmd.ts, now):
+    if not msg.is_fresh(cmd.ts, m.wall(now)):
         return _answer(m, cmd, False, "stale", now, out, ev.token, ())
-    if cmd.expires < now:
+    if cmd.expires < m.wall(now):
         return _answer(m, cmd, False, "expired", now, out, ev.token, ())
     handler = HANDLERS[cmd.name]
     ok, error, ops = handler(m, cmd, now, out)

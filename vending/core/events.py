@@ -174,8 +174,15 @@ class MqttDown:
 
 
 @dataclass(frozen=True)
+class ClockCorrected:
+    """The shell's correction for comparisons with the cloud's times changed (vending.clock)."""
+    offset: float
+
+
+@dataclass(frozen=True)
 class ClockSkew:
-    """The orders API's Date header says our clock is off by this many seconds (> 60)."""
+    """The orders API's Date header says our clock is off by this many seconds (after every
+    answer; the core alerts when it is over a minute)."""
     offset: float
 
 

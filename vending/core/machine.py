@@ -41,6 +41,7 @@ class Machine:
         self._shown: tuple | None = None
         self._status: str | None = None
         self._skew_alerted: float | None = None
+        self.wall_offset = 0.0      # vending.clock: our clock to the cloud's, for its times only
         self._next_telemetry = now
 
     # ---- restore after a restart -------------------------------------------------------
@@ -92,7 +93,7 @@ class Machine:
         product = self.catalog.planogram[ev.slot]
         self.session = Session(
             session_id=self._new_id("s"), slot=ev.slot, product_id=product.product_id,
-            amount=self.catalog.price(ev.slot, now), currency=self.s.currency,
+            amount=self.catalog.price(ev.slot, self.wall(now)), currency=self.s.currency,
             deadline=now + (self.s.offline_after if self.s.offline_qr else self.s.ordering_limit))
         self.phase = Phase.ORDERING
         s = self.session
@@ -109,7 +110,7 @@ class Machine:
             return self._end_session(now, out)
         out.append(A.Persist((self._save_order(s, ev, now),)))
         s.order_id, s.qr_url, s.expires_at, s.offline = ev.order_id, ev.qr_url, ev.expires_at, ev.offline
-        s.deadline = min(float(ev.expires_at), now + self.s.session_timeout)
+        s.deadline = min(float(ev.expires_at) - self.wall_offset, now + self.s.session_timeout)
         self.phase = Phase.AWAITING
 
     def _stray_order(self, ev: E.OrderCreated, now: float, out: list) -> None:
@@ -292,7 +293,7 @@ class Machine:
         self._alert(out, "inauthentic_message", f"A command was rejected: {ev.detail}", token=ev.token)
 
     def _on_ack(self, ev: E.AckIn, now: float, out: list) -> None:
-        if msg.is_fresh(ev.ts, now):
+        if msg.is_fresh(ev.ts, self.wall(now)):
             out.append(A.Persist((A.EventAcked(ev.event_id, now),)))
         # A stale ack is ignored (the event is republished later), but the message is consumed.
         out.append(A.AckMessage(ev.token))
@@ -304,13 +305,24 @@ class Machine:
     def _on_mqtt_down(self, ev: E.MqttDown, now: float, out: list) -> None:
         self.mqtt_up = False
 
+    def wall(self, now: float) -> float:
+        """`now` as the cloud counts time: for comparisons with its `ts`, `expires`,
+        `expires_at` and promo windows, never for the machine's own deadlines."""
+        return now + self.wall_offset
+
+    def _on_clock_corrected(self, ev: E.ClockCorrected, now: float, out: list) -> None:
+        self.wall_offset = ev.offset
+
     def _on_clock_skew(self, ev: E.ClockSkew, now: float, out: list) -> None:
         # Once, and again only when it moves by another minute: not an alert per request.
+        if abs(ev.offset) <= 60:          # contract §2: offsets above 60 s are logged
+            return
         last = self._skew_alerted
         if last is None or abs(ev.offset - last) > 60:
             self._skew_alerted = ev.offset
             self._alert(out, "clock_offset", f"The machine's clock is {ev.offset:+.0f} s off the "
-                        "orders API's; check the time source (no battery-backed clock?).")
+                        "orders API's. The controller corrects its own times for it; check the "
+                        "time source (no battery-backed clock?).")
 
     def _on_shutdown(self, ev: E.Shutdown, now: float, out: list) -> None:
         self.stopping = True
@@ -344,7 +356,7 @@ class Machine:
         dispensing.give_up_waiting(self, now, out)
         if now >= self._next_telemetry:
             self._next_telemetry = now + self.s.telemetry_interval
-            self.catalog.prune_promos(now)
+            self.catalog.prune_promos(self.wall(now))
             out.append(A.PublishTelemetry(self._telemetry(now)))
 
     def _telemetry(self, now: float) -> dict:
@@ -409,5 +421,6 @@ GLOBAL_HANDLERS = {
     E.MqttDown: Machine._on_mqtt_down,
     E.Shutdown: Machine._on_shutdown,
     E.ClockSkew: Machine._on_clock_skew,
+    E.ClockCorrected: Machine._on_clock_corrected,
     E.Tick: Machine._on_tick,
 }

@@ -12,13 +12,14 @@ if TYPE_CHECKING:
     from vending.core.machine import Machine
 
 
-def products(catalog: Catalog, currency: str, now: float) -> tuple[ProductView, ...]:
+def products(catalog: Catalog, currency: str, wall_now: float) -> tuple[ProductView, ...]:
+    """`wall_now`: the cloud's time (Machine.wall), which promo windows are written in."""
     out = []
     for slot, p in sorted(catalog.planogram.items()):
         reason = catalog.unavailable_reason(slot)
         out.append(ProductView(
             slot=slot, product_id=p.product_id, name_zh=p.name_zh, name_en=p.name_en,
-            price=catalog.base_price(slot), promo_price=catalog.promo_price(slot, now),
+            price=catalog.base_price(slot), promo_price=catalog.promo_price(slot, wall_now),
             currency=currency, available=reason is None, reason=reason))
     return tuple(out)
 
@@ -48,12 +49,12 @@ def make_view(screen: Screen, items, now: float, seq: int, **fields) -> View:
 def out_of_service(m: "Machine", now: float, items=None) -> str | None:
     return out_of_service_reason(
         board_online=m.board.online, door_open=m.board.door_open, stopping=m.stopping,
-        items=items if items is not None else products(m.catalog, m.s.currency, now))
+        items=items if items is not None else products(m.catalog, m.s.currency, m.wall(now)))
 
 
 def refresh(m: "Machine", now: float, out: list) -> None:
     """Publish status and show a new view when, and only when, they changed."""
-    items = products(m.catalog, m.s.currency, now)
+    items = products(m.catalog, m.s.currency, m.wall(now))
     oos = out_of_service(m, now, items)
     status = "online" if oos is None else "out_of_service"
     if status != m._status and m.mqtt_up and not m.stopping:

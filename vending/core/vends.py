@@ -89,7 +89,7 @@ def pump(m: "Machine", now: float, out: list) -> None:
         if v.retry_at > now:
             continue
         if v.kind == "free":
-            if v.expires is not None and now > v.expires:
+            if v.expires is not None and m.wall(now) > v.expires:
                 finish(m, v, "expired", now, out)   # judged at the motor start (§2)
                 continue
             if not v.live and m.phase not in (Phase.IDLE, Phase.REPORTING):

@@ -50,6 +50,7 @@ class RigOptions:
     slot_failure_limit: int = 3
     offline_qr: bool = True
     wait_for_api: float = 3.0
+    cloud_clock_offset: float = 0.0   # the cloud's clock minus the machine's (a machine booted off)
     display: str = "png"            # png gives tests the screen as a JSON sidecar
     display_port: int = 0
     follow_qr_url: str | None = None
@@ -91,7 +92,9 @@ class Rig:
                                  corrupt_rate=self.o.corrupt_rate, drop_rate=self.o.drop_rate,
                                  seed=self.o.seed)
         self.emulator.start()
-        self.cloud = SandboxCloud(self.o.machine_id, self.key, mqtt_port=self.broker.port)
+        skew = self.o.cloud_clock_offset
+        self.cloud = SandboxCloud(self.o.machine_id, self.key, mqtt_port=self.broker.port,
+                                  clock=(lambda: time.time() + skew) if skew else time.time)
         self.cloud.start()
         self.write_config()
         if daemon:
