@@ -55,14 +55,18 @@ class OrdersWorker:
 
     def _run(self, a: object) -> None:
         try:
-            self._post(self._call(a))
+            result = self._call(a)
         except Exception:  # a bug here must not kill the pool thread silently
             log.exception("orders call failed unexpectedly: %s", type(a).__name__)
+            result = None
         offset = self._client.clock_offset if self._client is not None else None
         if offset is not None:
-            # Every time, small ones too: the owner corrects its clock by it (or stops doing so
-            # once the time source has caught up), and the core decides whether it is news.
+            # Every time, small ones too: the owner corrects by it (or stops once the time
+            # source has caught up), and the core decides whether it is news. Before the
+            # result, so the order's expires_at is already read in the right time.
             self._post(E.ClockSkew(offset))
+        if result is not None:
+            self._post(result)
 
     def _call(self, a: object) -> object:
         c = self._client

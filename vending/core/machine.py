@@ -321,8 +321,8 @@ class Machine:
         if last is None or abs(ev.offset - last) > 60:
             self._skew_alerted = ev.offset
             self._alert(out, "clock_offset", f"The machine's clock is {ev.offset:+.0f} s off the "
-                        "orders API's. The controller corrects its own times for it; check the "
-                        "time source (no battery-backed clock?).")
+                        "orders API's. The controller allows for it when it compares the cloud's "
+                        "times; check the time source (no battery-backed clock?).")
 
     def _on_shutdown(self, ev: E.Shutdown, now: float, out: list) -> None:
         self.stopping = True
