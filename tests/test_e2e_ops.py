@@ -157,7 +157,11 @@ def test_a_machine_booted_days_off_the_cloud_still_sells_obeys_and_settles(make_
     # refuses its timestamps, commands are stale, acks are ignored, offline QRs are expired
     # and (ahead) the first QR's expires_at lies in the machine's past.
     rig = make_rig(cloud_clock_offset=days * 86_400)
-    view, payment = rig.buy(1)
+    view = rig.select(1)
+    time.sleep(1.0)                                        # the first QR stays up, uncancelled
+    assert (rig.screen().get("screen"), rig.screen().get("order_id")) == ("qr", view["order_id"])
+    assert rig.cloud.order(view["order_id"])["state"] == "pending"
+    payment = rig.cloud.pay(view["order_id"])
     result = rig.wait_result(payment["txn_id"])          # acked: the ack's ts counted as fresh
     assert result["result"] == "ok" and not view["offline"]
     assert abs(result["ts"] - rig.cloud.clock()) < 60      # events carry the cloud's time
