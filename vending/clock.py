@@ -14,7 +14,8 @@ Offsets of a minute or less are ignored (Date has one-second resolution; NTP han
 When the system clock itself is set (wall and monotonic time part by more than a minute), the
 correction is dropped until the next API answer measures it again.
 
-One per controller, used by its owner thread only.
+One in the controller (the core's comparisons, our events' ts) and one in the orders client (the
+X-Timestamp it signs), both fed by the client's measurements; neither is shared with the other.
 """
 from __future__ import annotations
 

@@ -29,6 +29,7 @@ from typing import Any, Callable
 import httpx
 
 from vending import signing
+from vending.clock import ClockCorrection
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,8 @@ class OrdersClient:
         self._random = random.Random()
         self._logged_offset: float | None = None
         self.clock_offset: float | None = None
+        # What X-Timestamp adds to our clock: the same rule as the controller's (vending.clock).
+        self._correction = ClockCorrection(clock)
         self.timeout = timeout
         # a trailing "/" makes httpx append our paths to the prefix instead of replacing its tail
         base = str(url).rstrip("/") + "/"
@@ -239,7 +242,8 @@ class OrdersClient:
                 ceiling = self._backoff * 2 ** (attempt - 1)
                 self._sleep(ceiling * self._random.uniform(0.5, 1.0))
             request = self._http.build_request(method, path, content=body)
-            correction = self._correction()
+            self._correction.check()
+            correction = self._correction.offset
             self._sign(request, body)
             attempt += 1
             try:
@@ -250,12 +254,12 @@ class OrdersClient:
                 continue
             self._learn_offset(response)
             if (response.status_code == 401 and not resigned
-                    and abs(self._correction() - correction) > CLOCK_OFFSET_LOG_S):
+                    and self._correction.offset != correction):
                 # Refused for our timestamp, and its Date just told us how far off we are: sign
                 # again with the corrected time, once, without counting it as a retry.
                 resigned, attempt = True, attempt - 1
                 log.info("%s: re-signing with the clock corrected by %+.0f s", what,
-                         self._correction())
+                         self._correction.offset)
                 continue
             if response.status_code >= 500:
                 last = f"HTTP {response.status_code}"
@@ -291,19 +295,13 @@ class OrdersClient:
         # the target is read back from the built request, so it is exactly what goes on the wire,
         # base-URL prefix and percent-encoding included
         target = request.url.raw_path.decode("ascii")
-        timestamp = str(int(self._clock() + self._correction()))
+        timestamp = str(int(self._clock() + self._correction.offset))
         request.headers["X-Machine-Id"] = self.machine_id
         request.headers["X-Timestamp"] = timestamp
         request.headers["X-Signature"] = signing.http_signature(
             self._key, request.method, target, timestamp, body)
         if body:
             request.headers["Content-Type"] = "application/json"
-
-    def _correction(self) -> float:
-        """What X-Timestamp adds to our clock: the learned offset once it is over a minute
-        (contract §2 lets a machine without a battery-backed clock correct by it)."""
-        offset = self.clock_offset
-        return offset if offset is not None and abs(offset) > CLOCK_OFFSET_LOG_S else 0.0
 
     def _learn_offset(self, response: httpx.Response) -> None:
         date = response.headers.get("Date")
@@ -316,6 +314,7 @@ class OrdersClient:
             return
         offset = server - self._clock()
         self.clock_offset = offset
+        self._correction.learn(offset)
         # log when it first goes large and whenever it moves by another minute, not per request
         if abs(offset) > CLOCK_OFFSET_LOG_S and (
             self._logged_offset is None or abs(offset - self._logged_offset) > CLOCK_OFFSET_LOG_S
