@@ -49,8 +49,13 @@ class JournalError(Exception):
 
 
 class Journal:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, read_only: bool = False):
         self.path = Path(path)
+        self._now = 0.0
+        if read_only:
+            # For operators' tools beside the running daemon: no schema, no pragmas, no writes.
+            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5)
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves so one Persist is one transaction.
         # check_same_thread=False: a Daemon is built in one thread (start-up recovery reads the
@@ -62,7 +67,6 @@ class Journal:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(SCHEMA)
-        self._now = 0.0
 
     def close(self) -> None:
         self.db.close()

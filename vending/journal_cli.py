@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 from vending.config import ConfigError, load_config
+from vending.journal import Journal
 
 EXIT_OK, EXIT_OWED, EXIT_UNREADABLE, EXIT_USAGE, EXIT_CONFIG = 0, 5, 1, 2, 78
 
@@ -57,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
 def read(path: Path, *, now: float, last: int = 5) -> dict:
     """The journal's open money, as plain data. Opened read-only: never a write, never a lock
     the daemon would wait on."""
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    journal = Journal(path, read_only=True)
+    db = journal.db
     try:
         db.row_factory = sqlite3.Row
 
@@ -79,10 +81,7 @@ def read(path: Path, *, now: float, last: int = 5) -> dict:
                     " FROM vends WHERE state != 'finished' ORDER BY created_at")
         outbox = q("SELECT event_id, type, created_at FROM outbox WHERE acked_at IS NULL"
                    " ORDER BY created_at, rowid")
-        open_orders = q("SELECT order_id, slot, amount, currency, offline, created_at FROM orders o"
-                        " WHERE closed_at IS NULL AND NOT EXISTS (SELECT 1 FROM payments p"
-                        "   WHERE p.order_id = o.order_id AND p.disposition = 'dispense')"
-                        " ORDER BY created_at")
+        open_orders = journal.open_orders()
         recent = q("SELECT vend_id, order_id, kind, slot, amount, currency, state, result, finished_at"
                    " FROM vends ORDER BY created_at DESC, rowid DESC LIMIT ?", last) if last else []
         totals = q("SELECT (SELECT count(*) FROM payments) AS payments,"
@@ -90,7 +89,7 @@ def read(path: Path, *, now: float, last: int = 5) -> dict:
                    " (SELECT count(*) FROM outbox WHERE type = 'vend_result'"
                    "   AND json_extract(fields, '$.refund')) AS refunds")[0]
     finally:
-        db.close()
+        journal.close()
     for row in unsettled:
         row["age"] = round(now - row["received_at"], 1)
     for row in running:
@@ -103,7 +102,7 @@ def read(path: Path, *, now: float, last: int = 5) -> dict:
         "unacked_events": {"count": len(outbox),
                            "oldest_age": round(now - outbox[0]["created_at"], 1) if outbox else None,
                            "types": dict(Counter(e["type"] for e in outbox))},
-        "open_orders": [o["order_id"] for o in open_orders],
+        "open_orders": open_orders,
         "recent_vends": recent,
         "totals": totals,
     }
